@@ -1,0 +1,102 @@
+"""The one typed settings object. Built from the environment only when asked, never at import."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the engine. An unset URL selects the embedded component."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLUP_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path(".rollup")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    # External components; None means "the embedded one in data_dir".
+    kafka_brokers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BROKERS", "ROLLUP_KAFKA_BROKERS")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "ROLLUP_REDIS_URL")
+    )
+    clickhouse_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CLICKHOUSE_URL", "ROLLUP_CLICKHOUSE_URL")
+    )
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "ROLLUP_DATABASE_URL")
+    )
+
+    admin_token: str | None = None
+    broker_port: int = 9092
+    hits_topic: str = "hits"
+    rollups_topic: str = "rollups"
+    topic_partitions: int = 4
+    app_id: str = "rollup"
+
+    # Ingest
+    ingest_rate_limit: int = 0  # hits/s per client address and site; 0 = off
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    max_body_bytes: int = 64 * 1024
+    max_import_bytes: int = 64 * 1024 * 1024
+    max_pending_hits: int = 200_000
+    produce_max_hits_per_message: int = 500
+
+    # Worker and store
+    worker_flush_seconds: float = 1.0
+    store_flush_seconds: float = 0.5
+    events_retention_days: int = 90
+    live_window_minutes: int = 30
+    stats_rate_limit_per_hour: int = 600
+    sites_refresh_seconds: float = 2.0
+    worker_web_port: int = 6066
+    log_level: str = "info"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_brokers is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url is None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka_brokers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.data_dir.resolve() / "redis.sock"
+
+    @property
+    def redis_dsn(self) -> str:
+        return self.redis_url or f"unix://{self.redis_socket}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.data_dir.resolve() / "clickhouse"
+
+    @property
+    def sites_dsn(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sites.sqlite3'}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides, which win)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,15 @@
+"""Enrichment of a validated event: user agent, bots, country and traffic source. Pure, no I/O."""
+
+from engine.enrich.bots import BotDetector
+from engine.enrich.geo import country_of
+from engine.enrich.source import clean_referrer, source_of
+from engine.enrich.useragent import UserAgentClassifier, UserAgentInfo
+
+__all__ = [
+    "BotDetector",
+    "UserAgentClassifier",
+    "UserAgentInfo",
+    "clean_referrer",
+    "country_of",
+    "source_of",
+]

@@ -1,0 +1,232 @@
+"""The HTTP app: ingest, Stats API, realtime, health and metrics. `build_app(settings)` only
+wires things; connections open in the lifespan, so tests can build fresh apps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hmac
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from config import Settings
+from engine.errors import AuthError, InputError, QueryError, UnavailableError
+from engine.ingest import UNAVAILABLE, client_address
+from engine.live import live_summary, realtime_visitors
+from engine.query import plan_query
+from engine.runtime import Role, Runtime
+from engine.sites import ApiKey
+
+log = logging.getLogger(__name__)
+
+QUERIES = Counter("rollup_stats_queries_total", "Stats API queries", ["status", "table"])
+QUERY_SECONDS = Histogram(
+    "rollup_stats_query_seconds", "Stats API query latency", ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)  # fmt: skip
+
+JSON = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+class KeyRateLimiter:
+    """Sliding one-hour window per key (in this process)."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[float]] = {}
+
+    def allow(self, key: ApiKey) -> bool:
+        now = time.monotonic()
+        window = self._hits.setdefault(key.key_hash, deque())
+        while window and window[0] < now - 3600:
+            window.popleft()
+        if len(window) >= key.rate_limit_per_hour:
+            return False
+        window.append(now)
+        return True
+
+
+def build_app(
+    settings: Settings, roles: frozenset[Role] | None = None, manage_lifespan: bool = True
+) -> Starlette:
+    """The ASGI app. With `manage_lifespan=False` the caller starts and stops
+    `app.state.runtime` itself (the CLI does, to report start failures in one line)."""
+    runtime = Runtime(settings, roles or frozenset({Role.INGEST, Role.API}))
+    key_limiter = KeyRateLimiter()
+
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise InputError({"body": [f"larger than {limit} bytes"]}, status=413)
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InputError({"body": [f"larger than {limit} bytes"]}, status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def peer(request: Request) -> str:
+        return client_address(
+            request.client.host if request.client else None,
+            request.headers.get("x-forwarded-for"),
+            settings.trusted_proxies,
+        )
+
+    async def event(request: Request) -> Response:
+        assert runtime.ingestor is not None
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+            result = await runtime.ingestor.event(
+                body, request.headers.get("user-agent"), peer(request)
+            )
+        except InputError as error:
+            return json_response({"errors": error.errors}, error.status)
+        except UnavailableError as error:
+            UNAVAILABLE.inc()
+            return json_response(
+                {"error": str(error)}, 503, {"Retry-After": str(error.retry_after)}
+            )
+        if result.rate_limited and not result.accepted:
+            return json_response({"error": "rate limit exceeded"}, 429, {"Retry-After": "1"})
+        headers = {"x-plausible-dropped": str(result.dropped)} if result.dropped else None
+        return Response(b"ok", 202, media_type="text/plain", headers=headers)
+
+    def check_admin(request: Request) -> None:
+        token = settings.admin_token
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not token or not given or not hmac.compare_digest(token, given):
+            raise AuthError("missing or wrong admin token")
+
+    async def bulk_import(request: Request) -> Response:
+        assert runtime.ingestor is not None
+        try:
+            check_admin(request)
+            body = await read_body(request, settings.max_import_bytes)
+            result = await runtime.ingestor.bulk(body.splitlines())
+        except AuthError as error:
+            return json_response({"error": str(error)}, 401)
+        except InputError as error:
+            return json_response({"errors": error.errors}, error.status)
+        except UnavailableError as error:
+            UNAVAILABLE.inc()
+            return json_response(
+                {"error": str(error)}, 503, {"Retry-After": str(error.retry_after)}
+            )
+        return json_response(result.as_json(), 202)
+
+    async def authorise(request: Request, site_id: Any) -> ApiKey:
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not given[7:].strip():
+            raise AuthError("missing API key: send Authorization: Bearer <key>")
+        assert runtime.sites_repo is not None
+        key = await asyncio.to_thread(runtime.sites_repo.get_key, given[7:].strip())
+        if key is None:
+            raise AuthError("invalid API key")
+        if not isinstance(site_id, str) or site_id not in key.domains:
+            raise AuthError(f"this key may not read site {site_id!r}")
+        return key
+
+    async def query(request: Request) -> Response:
+        assert runtime.store is not None
+        started = time.perf_counter()
+        try:
+            body = orjson.loads(await read_body(request, settings.max_body_bytes))
+        except orjson.JSONDecodeError:
+            return json_response({"error": "body: invalid JSON"}, 400)
+        except InputError as error:
+            return json_response({"error": str(error)}, error.status)
+        site_id = body.get("site_id") if isinstance(body, dict) else None
+        try:
+            key = await authorise(request, site_id)
+        except AuthError as error:
+            QUERIES.labels("401", "").inc()
+            return json_response({"error": str(error)}, 401)
+        if not key_limiter.allow(key):
+            QUERIES.labels("429", "").inc()
+            return json_response({"error": "rate limit exceeded for this key"}, 429)
+        site = runtime.site_records.get(str(site_id))
+        timezone = site.timezone if site else "UTC"
+        try:
+            plan = plan_query(
+                body,
+                timezone=timezone,
+                now=dt.datetime.now(dt.UTC),
+                first_day=runtime.first_day(str(site_id)),
+            )
+        except QueryError as error:
+            QUERIES.labels("400", "").inc()
+            return json_response({"error": str(error)}, 400)
+        rows = [await runtime.store.query(sql) for sql in plan.statements]
+        answer = plan.render(rows)
+        QUERIES.labels("200", plan.table).inc()
+        QUERY_SECONDS.labels(plan.table).observe(time.perf_counter() - started)
+        return json_response(answer)
+
+    async def realtime(request: Request, detail: bool) -> Response:
+        site_id = request.query_params.get("site_id")
+        try:
+            await authorise(request, site_id)
+        except AuthError as error:
+            return json_response({"error": str(error)}, 401)
+        assert runtime.redis is not None and site_id is not None
+        if detail:
+            return json_response(await live_summary(runtime.redis, site_id, time.time()))
+        return json_response(await realtime_visitors(runtime.redis, site_id, time.time()))
+
+    async def realtime_visitors_endpoint(request: Request) -> Response:
+        return await realtime(request, detail=False)
+
+    async def realtime_live_endpoint(request: Request) -> Response:
+        return await realtime(request, detail=True)
+
+    async def health(request: Request) -> Response:
+        status = await runtime.health()
+        ok = all(v == "ok" for v in status.values())
+        return json_response(status, 200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/api/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if Role.INGEST in runtime.roles:
+        routes += [
+            Route("/api/event", event, methods=["POST"]),
+            Route("/api/import", bulk_import, methods=["POST"]),
+        ]
+    if Role.API in runtime.roles:
+        routes += [
+            Route("/api/v2/query", query, methods=["POST"]),
+            Route("/api/v1/stats/realtime/visitors", realtime_visitors_endpoint, methods=["GET"]),
+            Route("/api/v1/stats/realtime/live", realtime_live_endpoint, methods=["GET"]),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan if manage_lifespan else None)
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,262 @@
+"""Ingest: validate, enrich, hash the visitor, drop bots and unknown sites, produce hits.
+
+Nothing here stores or logs a client address or a clear visitor identity: the address is used
+for the country lookup, the rate limiter's in-memory bucket key (hashed) and the visitor hash,
+and is gone when the request ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from config import Settings
+from engine.enrich import UserAgentClassifier, clean_referrer, country_of, source_of
+from engine.errors import InputError
+from engine.event_input import ParsedEvent, parse_event_body, parse_import_line
+from engine.hits import Hit
+from engine.kafka import HitProducer
+from engine.visitor import Salts, SaltStore, visitor_id
+
+ACCEPTED = Counter("rollup_ingest_accepted_total", "Hits accepted and acknowledged by the broker")
+DROPPED = Counter("rollup_ingest_dropped_total", "Events dropped on purpose", ["reason"])
+REJECTED = Counter("rollup_ingest_rejected_total", "Requests rejected as invalid", ["field"])
+RATE_LIMITED = Counter("rollup_ingest_rate_limited_total", "Requests refused by the rate limit")
+UNAVAILABLE = Counter("rollup_ingest_unavailable_total", "Requests answered 503")
+
+MAX_IMPORT_ERRORS = 100
+
+
+def count_rejection(error: InputError) -> None:
+    for field_name in error.errors:
+        REJECTED.labels(field_name).inc()
+
+
+class SiteDirectory:
+    """The known sites and their timezones, refreshed in the background by the app."""
+
+    def __init__(self) -> None:
+        self.timezones: dict[str, str] = {}
+
+    def update(self, timezones: dict[str, str]) -> None:
+        self.timezones = timezones
+
+
+class RateLimiter:
+    """Token bucket per (client address, site); keys are hashed so no address is kept."""
+
+    def __init__(self, per_second: int) -> None:
+        self._rate = per_second
+        self._buckets: dict[bytes, tuple[float, float]] = {}
+        self._seed = os.urandom(16)
+
+    def allow(self, client_ip: str, site: str) -> bool:
+        if self._rate <= 0:
+            return True
+        key = hashlib.blake2b(f"{client_ip}|{site}".encode(), key=self._seed, digest_size=12)
+        bucket = key.digest()
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(bucket, (float(self._rate), now))
+        tokens = min(float(self._rate), tokens + (now - stamp) * self._rate)
+        if tokens < 1.0:
+            self._buckets[bucket] = (tokens, now)
+            return False
+        self._buckets[bucket] = (tokens - 1.0, now)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()  # bounded memory beats perfect fairness
+        return True
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    dropped: int = 0
+    rate_limited: bool = False
+
+
+@dataclass
+class ImportResult:
+    accepted: int = 0
+    dropped: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "dropped": self.dropped, "errors": self.errors}
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: list[str]) -> str:
+    """The socket address, or the first valid X-Forwarded-For entry if the peer is trusted."""
+    peer = peer or ""
+    if forwarded_for and peer and _in_networks(peer, trusted):
+        for candidate in forwarded_for.split(","):
+            candidate = candidate.strip()
+            try:
+                return str(ipaddress.ip_address(candidate))
+            except ValueError:
+                continue
+    return peer
+
+
+def _in_networks(address: str, networks: Iterable[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: HitProducer,
+        salts: SaltStore,
+        sites: SiteDirectory,
+        classifier: UserAgentClassifier | None = None,
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._salts = salts
+        self._sites = sites
+        self._classifier = classifier or UserAgentClassifier()
+        self._limiter = RateLimiter(settings.ingest_rate_limit)
+
+    async def event(self, body: bytes, user_agent: str | None, client_ip: str) -> IngestResult:
+        """One `/api/event` request. Raises InputError (400) or UnavailableError (503)."""
+        if not user_agent:
+            error = InputError({"user_agent": ["the User-Agent header is required"]})
+            count_rejection(error)
+            raise error
+        try:
+            event = parse_event_body(body)
+        except InputError as error:
+            count_rejection(error)
+            raise
+        now = time.time()
+        salts = await self._salts.salts(dt.datetime.fromtimestamp(now, dt.UTC))
+        result = IngestResult()
+        hits = self._hits(event, now, user_agent, client_ip, salts, result, check_rate=True)
+        if hits:
+            await self._producer.submit(hits)
+            ACCEPTED.inc(len(hits))
+            result.accepted = len(hits)
+        return result
+
+    async def bulk(self, lines: Iterable[bytes]) -> ImportResult:
+        """NDJSON import: each line an event body plus timestamp, ip and user_agent."""
+        result = ImportResult()
+        now = dt.datetime.now(dt.UTC)
+        salts = await self._salts.salts(now)
+        # Days whose salt is gone get a salt that lives only for this request.
+        day_salts: dict[dt.date, bytes] = {
+            now.date(): salts.current,
+        }
+        if salts.previous is not None:
+            day_salts[now.date() - dt.timedelta(days=1)] = salts.previous
+        hits: list[Hit] = []
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+                if not isinstance(obj, dict):
+                    raise InputError({"body": ["each line must be a JSON object"]})
+                event, ts, ip, user_agent = parse_import_line(obj)
+            except orjson.JSONDecodeError:
+                self._import_error(result, number, {"body": ["invalid JSON"]})
+                continue
+            except InputError as error:
+                self._import_error(result, number, error.errors)
+                continue
+            day = dt.datetime.fromtimestamp(ts, dt.UTC).date()
+            salt = day_salts.setdefault(day, os.urandom(16))
+            previous = day_salts.get(day - dt.timedelta(days=1))
+            line_result = IngestResult()
+            hits.extend(
+                self._hits(event, ts, user_agent, ip, Salts(salt, previous), line_result, False)
+            )
+            result.dropped += line_result.dropped
+        for start in range(0, len(hits), 5000):
+            chunk = hits[start : start + 5000]
+            await self._producer.submit(chunk)
+            ACCEPTED.inc(len(chunk))
+        result.accepted = len(hits)
+        return result
+
+    @staticmethod
+    def _import_error(result: ImportResult, line: int, errors: dict[str, list[str]]) -> None:
+        for field_name in errors:
+            REJECTED.labels(field_name).inc()
+        if len(result.errors) < MAX_IMPORT_ERRORS:
+            result.errors.append({"line": line, "errors": errors})
+
+    def _hits(
+        self,
+        event: ParsedEvent,
+        ts: float,
+        user_agent: str,
+        client_ip: str,
+        salts: Salts,
+        result: IngestResult,
+        check_rate: bool,
+    ) -> list[Hit]:
+        ua = self._classifier.classify(user_agent)
+        if ua.is_bot:
+            DROPPED.labels("bot").inc(len(event.domains))
+            result.dropped += len(event.domains)
+            return []
+        country = country_of(client_ip)
+        referrer = clean_referrer(event.referrer, event.hostname)
+        source = source_of(event.utm_source, referrer)
+        hits: list[Hit] = []
+        for domain in event.domains:
+            timezone = self._sites.timezones.get(domain)
+            if timezone is None:
+                DROPPED.labels("unknown_site").inc()
+                result.dropped += 1
+                continue
+            if check_rate and not self._limiter.allow(client_ip, domain):
+                RATE_LIMITED.inc()
+                result.rate_limited = True
+                result.dropped += 1
+                continue
+            prev = visitor_id(salts.previous, user_agent, client_ip, domain) if salts.previous else 0
+            hits.append(
+                Hit(
+                    ts=ts,
+                    site=domain,
+                    tz=timezone,
+                    name=event.name,
+                    vid=visitor_id(salts.current, user_agent, client_ip, domain),
+                    vid_prev=prev,
+                    hostname=event.hostname,
+                    page=event.page,
+                    referrer=referrer,
+                    source=source,
+                    utm_source=event.utm_source,
+                    utm_medium=event.utm_medium,
+                    utm_campaign=event.utm_campaign,
+                    utm_content=event.utm_content,
+                    utm_term=event.utm_term,
+                    device=ua.device,
+                    browser=ua.browser,
+                    browser_version=ua.browser_version,
+                    os=ua.os,
+                    os_version=ua.os_version,
+                    country=country,
+                    props=event.props,
+                    interactive=event.interactive,
+                    revenue=dict(event.revenue) if event.revenue else None,
+                    vitals=event.vitals,
+                )
+            )
+        return hits

@@ -1,0 +1,14 @@
+"""Stats API v2 queries: validate a body, plan it on the cheapest exact table, render rows.
+
+    plan = plan_query(body, timezone="Europe/Berlin", now=now_utc, first_day=None)
+    rows = [client.query(s).result_rows for s in plan.statements]
+    response = plan.render(rows)
+
+Pure: no I/O and no clock; every invalid query raises engine.errors.QueryError.
+"""
+
+from __future__ import annotations
+
+from engine.query.planner import TABLES, QueryPlan, plan_query
+
+__all__ = ["TABLES", "QueryPlan", "plan_query"]

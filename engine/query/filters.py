@@ -1,0 +1,74 @@
+"""Filter trees to ClickHouse boolean expressions.
+
+A condition compares the column behind its dimension; a value equal to the dimension's empty
+label ("(not set)", "Direct / None") also matches the empty value. `is_not` and
+`contains_not` are the negations of `is` and `contains`. `case_sensitive: false` compares
+lower-cased UTF-8 text on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from engine.dimensions import empty_label
+from engine.query import sql
+from engine.query.model import And, Condition, Filter, Not, Or
+
+_MAX_NEEDLES = 255  # ClickHouse's multiSearch* functions take at most 255 needles
+
+# dimension -> SQL expression of its (String) value
+ColumnOf = Callable[[str], str]
+
+
+def compile_filters(filters: Sequence[Filter], column_of: ColumnOf) -> str | None:
+    """The AND of the top-level filters, or None when there are none."""
+    if not filters:
+        return None
+    return _join("AND", [compile_filter(f, column_of) for f in filters])
+
+
+def compile_filter(node: Filter, column_of: ColumnOf) -> str:
+    if isinstance(node, And):
+        return _join("AND", [compile_filter(c, column_of) for c in node.children])
+    if isinstance(node, Or):
+        return _join("OR", [compile_filter(c, column_of) for c in node.children])
+    if isinstance(node, Not):
+        return f"NOT ({compile_filter(node.child, column_of)})"
+    return _condition(node, column_of(node.dimension))
+
+
+def _join(op: str, parts: list[str]) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    return "(" + f" {op} ".join(f"({p})" for p in parts) + ")"
+
+
+def matches_empty(cond: Condition) -> bool:
+    """True when one of the values is the dimension's empty label."""
+    lab = empty_label(cond.dimension)
+    if cond.case_sensitive:
+        return lab in cond.values
+    return lab.lower() in (v.lower() for v in cond.values)
+
+
+def _condition(cond: Condition, column: str) -> str:
+    values = cond.values
+    if cond.op in ("is", "is_not"):
+        if cond.case_sensitive:
+            positive = f"{column} IN ({sql.string_list(values)})"
+        else:
+            lowered = ", ".join(f"lowerUTF8({sql.string(v)})" for v in values)
+            positive = f"lowerUTF8({column}) IN ({lowered})"
+    elif "" in values:  # contains: every string contains "" (multiSearchAny says no for '')
+        positive = "1"
+    else:  # contains, contains_not
+        fn = "multiSearchAny" if cond.case_sensitive else "multiSearchAnyCaseInsensitiveUTF8"
+        chunks = [values[i : i + _MAX_NEEDLES] for i in range(0, len(values), _MAX_NEEDLES)]
+        positive = " OR ".join(f"{fn}({column}, [{sql.string_list(c)}])" for c in chunks)
+        if len(chunks) > 1:
+            positive = f"({positive})"
+    if matches_empty(cond):
+        positive = f"({positive} OR {column} = '')"
+    if cond.op in ("is_not", "contains_not"):
+        return f"NOT ({positive})"
+    return positive

@@ -1,0 +1,286 @@
+"""The planner: pick the cheapest table that answers a query exactly, and write its SQL.
+
+A rollup table holds, per (site, time bucket, dim, value), the counts of the hits whose
+dimension `dim` had `value` (dim '' is the per-site total). It answers a query exactly when
+at most one non-time dimension appears across dimensions and filters (then every counted hit
+lies in exactly one of that dimension's rows) and the range and time buckets fit its level:
+
+- rollup_day: start and end are local day boundaries; time buckets day, week or month.
+- rollup_hour: start and end are whole UTC hours; no minute buckets; with time buckets, the
+  site's UTC offset is a whole number of hours over the range (or local buckets would split
+  a UTC hour).
+- rollup_minute: start and end are whole UTC minutes.
+- events: everything else (event:props:*, two or more dimensions, ranges to the second).
+
+Preference: day > hour > minute > events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Final
+
+from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL, empty_label
+from engine.errors import QueryError
+from engine.query import sql
+from engine.query.dates import (
+    DateRange,
+    Granularity,
+    granularity,
+    is_aligned,
+    is_day_boundary,
+    offsets_are_multiples,
+    resolve_date_range,
+    time_labels,
+    zone,
+)
+from engine.query.filters import ColumnOf, compile_filters
+from engine.query.model import (
+    Direction,
+    Query,
+    filter_dimensions,
+    is_props,
+    parse_query,
+    prop_key,
+)
+
+TABLES: Final[tuple[str, ...]] = ("rollup_day", "rollup_hour", "rollup_minute", "events")
+# Internal metric columns, in SELECT order when needed.
+BASE_METRICS: Final[tuple[str, ...]] = ("visitors", "pageviews", "events")
+_EVENT_AGGREGATES: Final[dict[str, str]] = {
+    "visitors": "uniqCombined64(vid)",
+    "pageviews": "countIf(name = 'pageview')",
+    "events": "count()",
+}
+_ROLLUP_AGGREGATES: Final[dict[str, str]] = {
+    "visitors": "uniqCombined64Merge(visitors)",
+    "pageviews": "sum(pageviews)",
+    "events": "sum(events)",
+}
+_TIME_COLUMN: Final[dict[str, str]] = {
+    "rollup_minute": "minute",
+    "rollup_hour": "hour",
+    "events": "ts",
+}
+_SQL_FORMAT: Final[dict[str, str]] = {"minute": "%Y-%m-%d %H:%i:00", "hour": "%Y-%m-%d %H:00:00"}
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    site_id: str
+    table: str
+    statements: list[str]
+    query: Query
+    date_range: DateRange
+    granularity: Granularity | None  # of the time dimension, if any
+    order_by: list[tuple[str, Direction]]  # resolved, as echoed
+    columns: tuple[str, ...]  # metric columns after the dimension columns, in SELECT order
+    candidates: tuple[str, ...]  # every table that could answer, cheapest first
+    labels: list[str] | None = None  # include.time_labels
+    total_index: int | None = None  # statement giving the visitors total (percentage)
+    count_index: int | None = None  # statement giving total_rows
+
+    def render(self, rows_per_statement: list[list[tuple[Any, ...]]]) -> dict[str, Any]:
+        from engine.query.render import render
+
+        return render(self, rows_per_statement)
+
+
+def plan_query(
+    body: Mapping[str, Any],
+    *,
+    timezone: str,
+    now: datetime,
+    first_day: date | None,
+    table: str | None = None,
+) -> QueryPlan:
+    """Validate `body` and plan it. `table` forces a table (tests); it must be able to answer."""
+    query = parse_query(body)
+    tz = zone(timezone)
+    dr = resolve_date_range(query.date_range, tz, now, first_day)
+    time_dim = query.time_dimension
+    gran = granularity(time_dim, dr) if time_dim else None
+    candidates = candidate_tables(query, dr, gran)
+    if table is None:
+        table = candidates[0]
+    elif table not in candidates:
+        raise ValueError(f"table {table!r} cannot answer this query (candidates: {candidates})")
+
+    order = _resolve_order(query)
+    wanted = set(query.metrics) | ({"visitors"} if "percentage" in query.metrics else set())
+    columns = tuple(m for m in BASE_METRICS if m in wanted)
+    select = _Select(query, dr, gran, table)
+    statements = [select.main(columns, order)]
+    total_index = count_index = None
+    if "percentage" in query.metrics:
+        total_index = len(statements)
+        statements.append(select.aggregate_only("visitors"))
+    if query.total_rows and query.dimensions:
+        count_index = len(statements)
+        statements.append(select.count())
+    return QueryPlan(
+        site_id=query.site_id,
+        table=table,
+        statements=statements,
+        query=query,
+        date_range=dr,
+        granularity=gran,
+        order_by=order,
+        columns=columns,
+        candidates=tuple(candidates),
+        labels=time_labels(dr, gran) if query.time_labels and gran else None,
+        total_index=total_index,
+        count_index=count_index,
+    )
+
+
+def candidate_tables(query: Query, dr: DateRange, gran: Granularity | None) -> list[str]:
+    plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
+    out: list[str] = []
+    if len(plain) <= 1 and not any(is_props(d) for d in plain):
+        tz = dr.tz
+        if (
+            gran in (None, "day", "week", "month")
+            and is_day_boundary(dr.start, tz)
+            and is_day_boundary(dr.end, tz)
+        ):
+            out.append("rollup_day")
+        if (
+            gran != "minute"
+            and is_aligned(dr.start, 3600)
+            and is_aligned(dr.end, 3600)
+            and (gran is None or offsets_are_multiples(tz, dr.start, dr.end, 3600))
+        ):
+            out.append("rollup_hour")
+        if (
+            is_aligned(dr.start, 60)
+            and is_aligned(dr.end, 60)
+            and (gran is None or offsets_are_multiples(tz, dr.start, dr.end, 60))
+        ):
+            out.append("rollup_minute")
+    out.append("events")
+    return out
+
+
+def _resolve_order(query: Query) -> list[tuple[str, Direction]]:
+    if query.order_by is not None:
+        return list(query.order_by)
+    order: list[tuple[str, Direction]] = []
+    time_dim = query.time_dimension
+    if time_dim:
+        order.append((time_dim, "asc"))
+    if query.plain_dimensions or not time_dim:
+        order.append((query.metrics[0], "desc"))
+    return order
+
+
+class _Select:
+    """The pieces of one table's SELECT for a query."""
+
+    def __init__(self, query: Query, dr: DateRange, gran: Granularity | None, table: str) -> None:
+        self.query = query
+        self.table = table
+        tz = sql.string(dr.tz.key)
+        conds = [f"site = {sql.string(query.site_id)}"]
+        column_of: ColumnOf
+        if table == "events":
+            self.aggregates = _EVENT_AGGREGATES
+            conds.append(f"name NOT IN ({sql.string_list(sorted(SESSION_ONLY_EVENTS))})")
+            conds.append(f"ts >= {sql.datetime_literal(dr.start, precision=3)}")
+            conds.append(f"ts < {sql.datetime_literal(dr.end, precision=3)}")
+            column_of = _event_column
+        else:
+            self.aggregates = _ROLLUP_AGGREGATES
+            plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
+            dim = next(iter(plain)) if plain else TOTAL
+            conds.append(f"dim = {sql.string(dim)}")
+            if table == "rollup_day":
+                conds.append(f"day >= {sql.date_literal(dr.local_start_date)}")
+                conds.append(f"day < {sql.date_literal(dr.local_end_date)}")
+            else:
+                col = _TIME_COLUMN[table]
+                conds.append(f"{col} >= {sql.datetime_literal(dr.start)}")
+                conds.append(f"{col} < {sql.datetime_literal(dr.end)}")
+
+            def column_of(dimension: str) -> str:
+                return "value"
+
+        where = compile_filters(query.filters, column_of)
+        if where is not None:
+            conds.append(where)
+        self.where = " AND ".join(conds)
+        self.labels: list[str] = []
+        for d in query.dimensions:
+            if d.startswith("time"):
+                assert gran is not None
+                self.labels.append(_time_label(table, gran, tz))
+            else:
+                col = column_of(d)
+                self.labels.append(f"if({col} = '', {sql.string(empty_label(d))}, {col})")
+
+    def _group_by(self) -> str:
+        if not self.labels:
+            return ""
+        return " GROUP BY " + ", ".join(f"d{i}" for i in range(len(self.labels)))
+
+    def _dims_select(self) -> list[str]:
+        return [f"{expr} AS d{i}" for i, expr in enumerate(self.labels)]
+
+    def main(self, columns: tuple[str, ...], order: list[tuple[str, Direction]]) -> str:
+        parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
+        stmt = f"SELECT {', '.join(parts)} FROM {self.table} WHERE {self.where}{self._group_by()}"
+        if not self.labels:
+            return stmt
+        dims = self.query.dimensions
+        keys: list[str] = []
+        for name, direction in order:
+            if name in dims:
+                alias = f"d{dims.index(name)}"
+            else:
+                alias = "m_visitors" if name == "percentage" else f"m_{name}"
+            keys.append(f"{alias} {direction.upper()}")
+        named = {n for n, _ in order}
+        keys += [f"d{i} ASC" for i, d in enumerate(dims) if d not in named]
+        return (
+            f"{stmt} ORDER BY {', '.join(keys)}"
+            f" LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
+        )
+
+    def aggregate_only(self, metric: str) -> str:
+        return f"SELECT {self.aggregates[metric]} FROM {self.table} WHERE {self.where}"
+
+    def count(self) -> str:
+        inner = (
+            f"SELECT {', '.join(self._dims_select())} FROM {self.table} "
+            f"WHERE {self.where}{self._group_by()}"
+        )
+        return f"SELECT count() FROM ({inner})"
+
+
+def _event_column(dimension: str) -> str:
+    if is_props(dimension):
+        return f"props[{sql.string(prop_key(dimension))}]"
+    try:
+        return FIELD_OF[dimension]
+    except KeyError:
+        raise QueryError(f"unknown dimension {dimension!r}") from None
+
+
+def _time_label(table: str, gran: Granularity, tz: str) -> str:
+    if table == "rollup_day":
+        return {
+            "day": "toString(day)",
+            "week": "toString(toMonday(day))",
+            "month": "toString(toStartOfMonth(day))",
+        }[gran]
+    col = _TIME_COLUMN[table]
+    if gran in _SQL_FORMAT:
+        return f"formatDateTime({col}, {sql.string(_SQL_FORMAT[gran])}, {tz})"
+    local_day = f"toDate({col}, {tz})"
+    return {
+        "day": f"toString({local_day})",
+        "week": f"toString(toMonday({local_day}))",
+        "month": f"toString(toStartOfMonth({local_day}))",
+    }[gran]

@@ -1,0 +1,115 @@
+"""Pure: fold a batch of hits into rollup deltas, one row per (site, minute, dimension, value).
+
+Each row carries its counts and the visitor hashes behind them; ClickHouse turns the hashes
+into mergeable unique-count states, so a day's visitors are not the sum of its minutes'.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import msgpack
+
+from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
+from engine.hits import Hit
+
+ROLLUP_CODEC_VERSION = 1
+ROLLUP_COLUMNS = (
+    "site", "minute", "tz_offset", "dim", "value", "pageviews", "events", "hashes",
+)  # fmt: skip
+_DIMENSION_FIELDS = tuple(FIELD_OF.items())
+
+
+def minute_of(ts: float) -> int:
+    return int(ts // 60) * 60
+
+
+@lru_cache(maxsize=4096)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")
+
+
+@lru_cache(maxsize=65536)
+def utc_offset_seconds(tz: str, minute: int) -> int:
+    offset = dt.datetime.fromtimestamp(minute, _zone(tz)).utcoffset()
+    return int(offset.total_seconds()) if offset else 0
+
+
+@dataclass(slots=True)
+class _Cell:
+    pageviews: int = 0
+    events: int = 0
+    hashes: set[int] = field(default_factory=set)
+
+
+@dataclass
+class RollupBatch:
+    """Column-oriented rollup rows, ready for msgpack and for a ClickHouse columnar insert."""
+
+    columns: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.columns["site"])
+
+
+def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
+    cells: dict[tuple[str, int, str, str], _Cell] = {}
+    tz_of: dict[tuple[str, int], int] = {}
+    for hit in hits:
+        name = hit["name"]
+        if name in SESSION_ONLY_EVENTS:
+            continue
+        site = hit["site"]
+        minute = minute_of(hit["ts"])
+        if (site, minute) not in tz_of:
+            tz_of[(site, minute)] = utc_offset_seconds(hit["tz"], minute)
+        is_pageview = name == "pageview"
+        vid = hit["vid"]
+        hit_fields = cast(dict[str, Any], hit)
+        keys = [(site, minute, TOTAL, "")]
+        keys.extend(
+            (site, minute, dim, str(hit_fields.get(field_name) or ""))
+            for dim, field_name in _DIMENSION_FIELDS
+        )
+        for key in keys:
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = _Cell()
+            cell.events += 1
+            cell.pageviews += is_pageview
+            cell.hashes.add(vid)
+    columns: dict[str, list[Any]] = {name: [] for name in ROLLUP_COLUMNS}
+    for (site, minute, dim, value), cell in cells.items():
+        columns["site"].append(site)
+        columns["minute"].append(minute)
+        columns["tz_offset"].append(tz_of[(site, minute)])
+        columns["dim"].append(dim)
+        columns["value"].append(value)
+        columns["pageviews"].append(cell.pageviews)
+        columns["events"].append(cell.events)
+        columns["hashes"].append(sorted(cell.hashes))
+    return RollupBatch(columns)
+
+
+def encode_rollups(batch: RollupBatch, src_partition: int, src_offset: int) -> bytes:
+    body = {
+        "v": ROLLUP_CODEC_VERSION,
+        "src": [src_partition, src_offset],
+        "rows": batch.columns,
+    }
+    return cast(bytes, msgpack.packb(body, use_bin_type=True))
+
+
+def decode_rollups(payload: bytes) -> tuple[int, int, RollupBatch]:
+    body = msgpack.unpackb(payload, raw=False)
+    if not isinstance(body, dict) or body.get("v") != ROLLUP_CODEC_VERSION:
+        raise ValueError("not a rollups message of codec version 1")
+    src_partition, src_offset = body["src"]
+    return int(src_partition), int(src_offset), RollupBatch(body["rows"])

@@ -1,0 +1,124 @@
+"""The components one process runs, by role, with their start/stop order in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+
+from redis.asyncio import Redis
+
+from config import Settings
+from engine.errors import ComponentError
+from engine.ingest import Ingestor, SiteDirectory
+from engine.kafka import HitProducer, ensure_topics
+from engine.sites import Site, SiteRepository
+from engine.store.client import Store
+from engine.store.writer import StoreWriter
+from engine.visitor import SaltStore
+
+log = logging.getLogger(__name__)
+
+
+class Role(str, Enum):
+    INGEST = "ingest"
+    API = "api"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    roles: frozenset[Role]
+    redis: Redis | None = None
+    sites_repo: SiteRepository | None = None
+    sites: SiteDirectory = field(default_factory=SiteDirectory)
+    site_records: dict[str, Site] = field(default_factory=dict)
+    producer: HitProducer | None = None
+    ingestor: Ingestor | None = None
+    store: Store | None = None
+    writer: StoreWriter | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.redis = Redis.from_url(s.redis_dsn)
+        try:
+            await self.redis.ping()
+        except Exception as exc:
+            raise ComponentError("redis", f"unreachable at {s.redis_dsn}: {exc}") from exc
+        self.sites_repo = SiteRepository(s.sites_dsn, s.stats_rate_limit_per_hour)
+        self.sites_repo.open()
+        await self.refresh_sites()
+        await ensure_topics(s)
+        if Role.API in self.roles:
+            self.store = Store(s)
+            self.store.open()
+            self.store.migrate()
+            self.writer = StoreWriter(s, self.store)
+            await self.writer.start()
+        if Role.INGEST in self.roles:
+            self.producer = HitProducer(s)
+            await self.producer.start()
+            self.ingestor = Ingestor(s, self.producer, SaltStore(self.redis), self.sites)
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="sites-refresh"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+        if self.store is not None:
+            self.store.close()
+        if self.sites_repo is not None:
+            self.sites_repo.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def refresh_sites(self) -> None:
+        assert self.sites_repo is not None
+        records = await asyncio.to_thread(self.sites_repo.list_sites)
+        self.site_records = {site.domain: site for site in records}
+        self.sites.update({site.domain: site.timezone for site in records})
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sites_refresh_seconds)
+            try:
+                await self.refresh_sites()
+            except Exception as exc:  # keep serving from the last known list
+                log.warning("sites refresh failed: %s", exc)
+
+    async def health(self) -> dict[str, str]:
+        status: dict[str, str] = {}
+        status["broker"] = await self._broker_health()
+        try:
+            assert self.redis is not None
+            await asyncio.wait_for(self.redis.ping(), 2.0)
+            status["redis"] = "ok"
+        except Exception as exc:
+            status["redis"] = f"down: {str(exc)[:100]}"
+        if self.store is not None:
+            try:
+                ok = await asyncio.wait_for(self.store.ping(), 5.0)
+                status["clickhouse"] = "ok" if ok else "down"
+            except Exception as exc:
+                status["clickhouse"] = f"down: {str(exc)[:100]}"
+        return status
+
+    async def _broker_health(self) -> str:
+        if self.producer is not None and not self.producer.healthy:
+            return "down: producer not acknowledged"
+        if self.writer is not None and not self.writer.healthy:
+            return "down: store writer not consuming"
+        return "ok"
+
+    def first_day(self, domain: str) -> dt.date | None:
+        site = self.site_records.get(domain)
+        return site.created_at.date() if site else None

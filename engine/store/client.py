@@ -1,0 +1,103 @@
+"""The ClickHouse store: chDB in-process by default, a ClickHouse server when CLICKHOUSE_URL is set.
+
+clickhouse-connect's chDB backend is synchronous and serialises queries, so every call runs on
+one worker thread, off the event loop (STACK.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import clickhouse_connect
+
+from config import Settings
+from engine.errors import ComponentError
+from engine.store.schema import ddl
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: Settings) -> Any:
+    try:
+        if settings.clickhouse_url:
+            return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+        settings.chdb_path.parent.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
+    except Exception as exc:
+        hint = ""
+        if "lock" in str(exc).lower():
+            hint = " (another process holds this chDB directory: only one may open it)"
+        raise ComponentError("clickhouse", f"{exc}{hint}".splitlines()[0][:300]) from exc
+
+
+class Store:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Any = None
+        # chDB serialises anyway; one thread keeps inserts ordered.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clickhouse")
+
+    def open(self) -> None:
+        self._client = connect(self._settings)
+
+    def migrate(self) -> None:
+        for statement in ddl(self._settings.events_retention_days):
+            self._client.command(statement)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._executor.shutdown(wait=True)
+
+    # Synchronous API (CLI, tests)
+    def query_sync(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._client.query(sql).result_rows]
+
+    def insert_sync(self, table: str, columns: dict[str, Sequence[Any]]) -> None:
+        names = list(columns)
+        if not columns[names[0]]:
+            return
+        self._client.insert(
+            table, [columns[n] for n in names], column_names=names, column_oriented=True
+        )
+
+    def ping_sync(self) -> bool:
+        try:
+            self._client.query("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    # Async API: the same calls, off the event loop.
+    async def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return await self._run(partial(self.query_sync, sql))
+
+    async def insert(self, table: str, columns: dict[str, Sequence[Any]]) -> None:
+        await self._run(partial(self.insert_sync, table, columns))
+
+    async def ping(self) -> bool:
+        return await self._run(self.ping_sync)
+
+    async def _run(self, fn: partial[Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def applied_offsets_sync(self, table: str) -> dict[int, int]:
+        """Highest source offset already stored per hits partition (see writer.py)."""
+        rows = self.query_sync(
+            f"SELECT src_partition, max(src_offset) FROM {table} GROUP BY src_partition"
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    async def applied_offsets(self, table: str) -> dict[int, int]:
+        return await self._run(partial(self.applied_offsets_sync, table))
+
+
+def to_datetime(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)

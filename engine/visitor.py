@@ -1,0 +1,67 @@
+"""Salted visitor ids: a keyed hash of (user agent, client address, site), salt rotated daily.
+
+Salts live in Redis so that every ingest process agrees; each day's salt expires 48 hours after
+its day began, which keeps yesterday's salt available for sessions that span midnight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+SALT_BYTES = 16
+SALT_KEY = "rollup:salt:{day}"
+
+
+def visitor_id(salt: bytes, user_agent: str, client_ip: str, site: str) -> int:
+    """Unsigned 64-bit id; irreversible without the salt, which is deleted after 48 hours."""
+    digest = hashlib.blake2b(
+        b"\x00".join((user_agent.encode(), client_ip.encode(), site.encode())),
+        key=salt,
+        digest_size=8,
+    ).digest()
+    return int.from_bytes(digest, "big")
+
+
+def salt_expiry(day: dt.date) -> int:
+    """Epoch second at which the salt of `day` must be gone: 48 hours after the day began."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return int((start + dt.timedelta(hours=48)).timestamp())
+
+
+@dataclass
+class Salts:
+    current: bytes
+    previous: bytes | None
+
+
+class SaltStore:
+    """Fetches (creating on first use) the salts of today and yesterday, cached per UTC day."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._cached_day: dt.date | None = None
+        self._cached: Salts | None = None
+
+    async def salts(self, now: dt.datetime) -> Salts:
+        today = now.astimezone(dt.UTC).date()
+        if self._cached is not None and self._cached_day == today:
+            return self._cached
+        current = await self._get_or_create(today)
+        previous = await self._redis.get(SALT_KEY.format(day=today - dt.timedelta(days=1)))
+        self._cached = Salts(current, previous)
+        self._cached_day = today
+        return self._cached
+
+    async def _get_or_create(self, day: dt.date) -> bytes:
+        key = SALT_KEY.format(day=day)
+        # SET NX makes concurrent ingest processes converge on one salt.
+        await self._redis.set(key, os.urandom(SALT_BYTES), nx=True, exat=salt_expiry(day))
+        salt = await self._redis.get(key)
+        if salt is None:  # expired between the two calls: only possible at the 48h edge
+            raise RuntimeError(f"salt for {day} vanished")
+        return bytes(salt)
