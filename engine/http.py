@@ -167,7 +167,7 @@ def build_app(
                 body,
                 timezone=timezone,
                 now=dt.datetime.now(dt.UTC),
-                first_day=runtime.first_day(str(site_id)),
+                first_day=await runtime.first_day(str(site_id)),
             )
         except QueryError as error:
             QUERIES.labels("400", "").inc()

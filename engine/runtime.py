@@ -15,6 +15,7 @@ from config import Settings
 from engine.errors import ComponentError
 from engine.ingest import Ingestor, SiteDirectory
 from engine.kafka import HitProducer, ensure_topics
+from engine.query import sql
 from engine.sites import Site, SiteRepository
 from engine.store.client import Store
 from engine.store.writer import StoreWriter
@@ -119,6 +120,15 @@ class Runtime:
             return "down: store writer not consuming"
         return "ok"
 
-    def first_day(self, domain: str) -> dt.date | None:
+    async def first_day(self, domain: str) -> dt.date | None:
+        """The site's first day with data (imports may predate the site), for `all`."""
         site = self.site_records.get(domain)
-        return site.created_at.date() if site else None
+        first = site.created_at.date() if site else None
+        if self.store is not None:
+            rows = await self.store.query(
+                f"SELECT min(day), count() FROM rollup_day WHERE site = {sql.string(domain)} "
+                "AND dim = ''"
+            )
+            if rows and rows[0][1]:
+                first = min(first, rows[0][0]) if first else rows[0][0]
+        return first

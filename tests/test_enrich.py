@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import string
+
 import pytest
+from crawlerdetect import CrawlerDetect
+from crawlerdetect.providers.crawlers import data as CRAWLER_PATTERNS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +19,7 @@ from engine.enrich import (
     country_of,
     source_of,
 )
+from engine.enrich.bots import _RustCrawlerMatcher, crawler_matcher
 
 CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -290,3 +296,44 @@ def test_source_from_utm(utm: str, expected: str) -> None:
 
 def test_blank_utm_falls_back_to_referrer() -> None:
     assert source_of("  ", "duckduckgo.com") == "DuckDuckGo"
+
+
+# --- the Rust crawler matcher agrees with crawlerdetect ----------------------------------------
+
+REAL_AGENTS = [
+    CHROME_WINDOWS,
+    SAFARI_IPHONE,
+    SAFARI_IPAD,
+    CHROME_ANDROID_PHONE,
+    CHROME_ANDROID_TABLET,
+    FIREFOX_LINUX,
+    EDGE,
+    SAFARI_MAC,
+    CHROME_IOS,
+    SAMSUNG,
+    OPERA,
+    GOOGLEBOT,
+    HEADLESS,
+    "curl/8.4.0",
+    "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
+    "Mozilla/5.0 (Linux; Android 10) YandexSearch/8.10 Mobile Safari/537.36",
+    "Go-http-client/2.0",
+]
+
+
+def reference_is_crawler(ua: str) -> bool:
+    return bool(ua.strip()) and bool(CrawlerDetect().is_crawler(ua))
+
+
+def test_rust_matcher_agrees_on_literal_patterns_and_real_agents() -> None:
+    fast = _RustCrawlerMatcher()
+    literals = [p for p in CRAWLER_PATTERNS if re.fullmatch(r"[A-Za-z0-9 _-]+", p)]
+    assert len(literals) > 500
+    corpus = REAL_AGENTS + literals + [f"{CHROME_WINDOWS} {p.upper()}" for p in literals]
+    assert [fast(u) for u in corpus] == [reference_is_crawler(u) for u in corpus]
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=string.printable, max_size=80))
+def test_rust_matcher_agrees_on_ascii_text(ua: str) -> None:
+    assert crawler_matcher()(ua) == reference_is_crawler(ua)

@@ -175,6 +175,11 @@ def _custom(raw: tuple[str, str], tz: ZoneInfo) -> DateRange:
             tz,
             custom_days=(b - a).days + 1,
         )
+    if len(first) == 10 or len(last) == 10:
+        raise QueryError(
+            f"date_range: {list(raw)!r} must be two dates or two ISO 8601 datetimes, "
+            "not one of each"
+        )
     try:
         a_dt, b_dt = datetime.fromisoformat(first), datetime.fromisoformat(last)
     except ValueError:

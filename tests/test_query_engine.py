@@ -1,0 +1,329 @@
+"""Generated SQL on the real engine (chDB): every table that can answer a query answers it
+exactly as a Python oracle over the generated hits does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from engine.query import plan_query
+from tests.query_helpers import (
+    NOW,
+    SITES,
+    Hit,
+    first_day,
+    generate_hits,
+    open_store,
+    oracle,
+    plans_for_every_table,
+    run,
+)
+
+pytestmark = pytest.mark.integration
+
+Store = tuple[Any, list[Hit]]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    hits = generate_hits()
+    started = time.perf_counter()
+    client = open_store(tmp_path_factory.mktemp("query_engine") / "ch", hits)
+    print(f"chDB store with {len(hits)} hits ready in {time.perf_counter() - started:.2f}s")
+    yield client, hits
+    client.close()
+
+
+def check(store: Store, body: dict[str, Any], *, expect_tables: set[str] | None = None) -> None:
+    client, hits = store
+    tables = []
+    for plan in plans_for_every_table(body, hits):
+        tables.append(plan.table)
+        got = run(client, plan)
+        want = oracle(plan, body, hits)
+        assert got["meta"]["table"] == plan.table
+        assert got["results"] == want["results"], (plan.table, plan.statements)
+        if body.get("include", {}).get("total_rows"):
+            assert got["meta"]["total_rows"] == want["total_rows"], plan.table
+        if body.get("include", {}).get("time_labels"):
+            labels = got["meta"]["time_labels"]
+            time_index = next(i for i, d in enumerate(body["dimensions"]) if d.startswith("time"))
+            assert {r["dimensions"][time_index] for r in got["results"]} <= set(labels)
+    if expect_tables is not None:
+        assert set(tables) == expect_tables
+
+
+ALL = {"rollup_day", "rollup_hour", "rollup_minute", "events"}
+PERIODS = ["day", "24h", "7d", "28d", "30d", "91d", "month", "year", "6mo", "12mo", "all"]
+PERIODS += ["30m", "realtime"]
+CUSTOM = [
+    ["2026-10-20", "2026-10-30"],
+    ["2026-11-09T10:00:00+01:00", "2026-11-10T09:59:59+01:00"],
+    ["2026-11-09T10:17:00Z", "2026-11-10T12:04:59Z"],
+    ["2026-11-09T10:17:13Z", "2026-11-10T12:04:31Z"],
+]
+
+
+@pytest.mark.parametrize("site", list(SITES))
+@pytest.mark.parametrize("date_range", PERIODS + CUSTOM, ids=str)
+def test_aggregate_every_range(store: Store, site: str, date_range: Any) -> None:
+    check(
+        store,
+        {"site_id": site, "metrics": ["visitors", "pageviews", "events"], "date_range": date_range},
+    )
+
+
+def test_aggregate_reads_every_level(store: Store) -> None:
+    body = {"site_id": "berlin.test", "metrics": ["events", "visitors"], "date_range": "7d"}
+    check(store, body, expect_tables=ALL)
+
+
+@pytest.mark.parametrize("site", list(SITES))
+@pytest.mark.parametrize(
+    ("date_range", "dimension"),
+    [
+        ("day", "time"),
+        ("24h", "time"),
+        ("7d", "time"),
+        ("7d", "time:hour"),
+        ("7d", "time:week"),
+        ("month", "time:day"),
+        ("30d", "time:week"),
+        ("12mo", "time"),
+        ("all", "time:month"),
+        ("30m", "time"),
+        ("realtime", "time:minute"),
+        (["2026-10-24", "2026-10-26"], "time:hour"),  # Berlin's autumn change
+        (["2026-10-31", "2026-11-02"], "time:hour"),  # New York's autumn change
+        (["2026-11-09T10:17:00Z", "2026-11-10T12:04:59Z"], "time"),
+    ],
+    ids=str,
+)
+def test_time_series(store: Store, site: str, date_range: Any, dimension: str) -> None:
+    check(
+        store,
+        {
+            "site_id": site,
+            "metrics": ["visitors", "pageviews"],
+            "date_range": date_range,
+            "dimensions": [dimension],
+            "include": {"time_labels": True, "total_rows": True},
+        },
+    )
+
+
+def test_hour_series_reads_hours_in_berlin_not_in_kolkata(store: Store) -> None:
+    body: dict[str, Any] = {
+        "site_id": "berlin.test",
+        "metrics": ["visitors"],
+        "date_range": ["2026-10-24", "2026-10-26"],
+        "dimensions": ["time:hour"],
+    }
+    check(store, body, expect_tables={"rollup_hour", "rollup_minute", "events"})
+    body["site_id"] = "kolkata.test"
+    check(store, body, expect_tables={"rollup_minute", "events"})
+
+
+BREAKDOWNS = [
+    "event:page",
+    "event:name",
+    "event:hostname",
+    "visit:source",
+    "visit:referrer",
+    "visit:utm_campaign",
+    "visit:device",
+    "visit:browser_version",
+    "visit:country",
+    "event:props:plan",
+]
+
+
+@pytest.mark.parametrize("dimension", BREAKDOWNS)
+def test_breakdowns(store: Store, dimension: str) -> None:
+    check(
+        store,
+        {
+            "site_id": "ny.test",
+            "metrics": ["visitors", "pageviews", "events", "percentage"],
+            "date_range": "30d",
+            "dimensions": [dimension],
+            "include": {"total_rows": True},
+        },
+    )
+
+
+FILTERS: list[list[Any]] = [
+    ["is", "visit:country", ["DE", "FR"]],
+    ["is_not", "visit:country", ["DE"]],
+    ["contains", "event:page", ["/blog"]],
+    ["contains_not", "event:page", ["blog"]],
+    ["contains", "event:page", ["/BLOG/"], {"case_sensitive": False}],
+    ["is", "event:page", ["/blog/IT'S"], {"case_sensitive": False}],
+    ["is", "event:page", ["/line\nbreak", "/Blog/Post\\2"]],
+    ["is", "event:page", ["(not set)"]],
+    ["is_not", "visit:source", ["Direct / None"]],
+    ["is", "visit:source", ["direct / none"], {"case_sensitive": False}],
+    ["contains", "visit:utm_campaign", ["'sale'"]],
+    ["is", "event:name", ["signup"]],
+    ["is", "event:name", ["engagement"]],
+    ["or", [["is", "visit:device", ["Mobile"]], ["is", "visit:device", ["Tablet"]]]],
+    ["not", ["or", [["is", "visit:browser", ["Chrome"]], ["contains", "visit:browser", ["af"]]]]],
+    ["and", [["contains", "visit:os", ["o"]], ["not", ["is", "visit:os", ["macOS"]]]]],
+    ["is", "event:props:plan", ["pro"], {"case_sensitive": False}],
+    ["is", "event:props:author", ["o'neil"]],
+    ["is", "event:props:plan", ["(not set)"]],
+]
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=str)
+@pytest.mark.parametrize("with_breakdown", [False, True])
+def test_filters(store: Store, flt: list[Any], with_breakdown: bool) -> None:
+    body: dict[str, Any] = {
+        "site_id": "berlin.test",
+        "metrics": ["visitors", "pageviews", "events"],
+        "date_range": "91d",
+        "filters": [flt],
+    }
+    if with_breakdown:
+        dim = flt[1] if flt[0] not in ("and", "or", "not") else "visit:country"
+        body["dimensions"] = [dim]
+        body["metrics"].append("percentage")
+    check(store, body)
+
+
+def test_rollup_answers_a_filter_on_the_breakdown_dimension(store: Store) -> None:
+    body: dict[str, Any] = {
+        "site_id": "kolkata.test",
+        "metrics": ["visitors", "percentage"],
+        "date_range": "30d",
+        "dimensions": ["event:page"],
+        "filters": [["contains", "event:page", ["/blog"]]],
+    }
+    check(store, body, expect_tables={"rollup_day", "rollup_minute", "events"})
+    body["filters"].append(["is", "visit:source", ["Google"]])
+    check(store, body, expect_tables={"events"})
+
+
+def test_two_dimensions_and_time(store: Store) -> None:
+    check(
+        store,
+        {
+            "site_id": "utc.test",
+            "metrics": ["pageviews", "visitors", "percentage"],
+            "date_range": "30d",
+            "dimensions": ["time:week", "visit:country", "visit:device"],
+            "filters": [["is_not", "event:name", ["click"]]],
+            "include": {"total_rows": True, "time_labels": True},
+        },
+        expect_tables={"events"},
+    )
+
+
+@pytest.mark.parametrize(
+    "order_by",
+    [
+        [["visitors", "asc"]],
+        [["pageviews", "desc"], ["visit:country", "desc"]],
+        [["visit:country", "asc"]],
+        [["percentage", "asc"], ["events", "desc"]],
+        [["time:day", "desc"], ["visitors", "desc"]],
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("pagination", [None, {"limit": 3}, {"limit": 4, "offset": 5}], ids=str)
+def test_order_and_pagination(
+    store: Store, order_by: list[list[str]], pagination: dict[str, int] | None
+) -> None:
+    body: dict[str, Any] = {
+        "site_id": "utc.test",
+        "metrics": ["visitors", "pageviews", "events", "percentage"],
+        "date_range": "month",
+        "dimensions": ["time:day", "visit:country"]
+        if order_by[0][0] == "time:day"
+        else ["visit:country"],
+        "order_by": order_by,
+        "include": {"total_rows": True},
+    }
+    if pagination:
+        body["pagination"] = pagination
+    check(store, body)
+
+
+def test_no_data(store: Store) -> None:
+    client, hits = store
+    for site, dims in [("nobody.test", []), ("utc.test", []), ("utc.test", ["event:page"])]:
+        body: dict[str, Any] = {
+            "site_id": site,
+            "metrics": ["visitors", "pageviews", "events"],
+            "date_range": ["2020-01-01", "2020-01-31"],
+            "dimensions": dims,
+            "include": {"total_rows": True},
+        }
+        for table in ("rollup_day", "events"):
+            plan = plan_query(body, timezone="UTC", now=NOW, first_day=None, table=table)
+            got = run(client, plan)
+            if dims:
+                assert got["results"] == []
+                assert got["meta"]["total_rows"] == 0
+            else:
+                assert got["results"] == [{"metrics": [0, 0, 0], "dimensions": []}]
+                assert got["meta"]["total_rows"] == 1
+
+
+def test_percentage_of_nothing_is_zero(store: Store) -> None:
+    check(
+        store,
+        {
+            "site_id": "utc.test",
+            "metrics": ["percentage"],
+            "date_range": "7d",
+            "dimensions": ["visit:country"],
+            "filters": [["is", "visit:country", ["ZZ"]]],
+        },
+    )
+
+
+def test_response_shape(store: Store) -> None:
+    client, hits = store
+    body = {
+        "site_id": "berlin.test",
+        "metrics": ["visitors", "pageviews"],
+        "date_range": "7d",
+        "dimensions": ["time:day"],
+        "filters": [["is", "visit:country", ["DE"], {"case_sensitive": False}]],
+        "include": {"total_rows": True},
+    }
+    plan = plan_query(
+        body, timezone="Europe/Berlin", now=NOW, first_day=first_day(hits, "berlin.test")
+    )
+    got = run(client, plan)
+    assert got["meta"]["table"] == "rollup_day"
+    assert got["query"] == {
+        "site_id": "berlin.test",
+        "metrics": ["visitors", "pageviews"],
+        "date_range": ["2026-11-03T00:00:00+01:00", "2026-11-09T23:59:59+01:00"],
+        "dimensions": ["time:day"],
+        "filters": [["is", "visit:country", ["DE"], {"case_sensitive": False}]],
+        "order_by": [["time:day", "asc"]],
+        "include": {"total_rows": True, "time_labels": False},
+        "pagination": {"limit": 10000, "offset": 0},
+    }
+    assert all(len(r["metrics"]) == 2 and len(r["dimensions"]) == 1 for r in got["results"])
+
+
+def test_timing_of_a_typical_query(store: Store) -> None:
+    client, hits = store
+    body = {
+        "site_id": "berlin.test",
+        "metrics": ["visitors", "pageviews"],
+        "date_range": "30d",
+        "dimensions": ["event:page"],
+    }
+    for table in ("rollup_day", "rollup_hour", "rollup_minute", "events"):
+        plan = plan_query(body, timezone="Europe/Berlin", now=NOW, first_day=None, table=table)
+        started = time.perf_counter()
+        run(client, plan)
+        print(f"{table}: {1000 * (time.perf_counter() - started):.1f} ms")
