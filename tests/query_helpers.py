@@ -21,6 +21,7 @@ from engine.query import QueryPlan, plan_query
 from engine.store.schema import ddl
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
+BIG_SITE = "big.test"  # many distinct visitors: uniqCombined64 is approximate there
 
 SITES: dict[str, str] = {
     "utc.test": "UTC",
@@ -28,6 +29,7 @@ SITES: dict[str, str] = {
     "ny.test": "America/New_York",
     "kolkata.test": "Asia/Kolkata",
 }
+TIMEZONE_OF: dict[str, str] = {**SITES, BIG_SITE: "Europe/Berlin"}
 
 EVENT_COLUMNS = [
     "site",
@@ -115,7 +117,12 @@ def generate_hits(seed: int = 7, per_site: int = 1500) -> list[Hit]:
         visitors = [rng.getrandbits(64) for _ in range(120)]
         for _ in range(per_site):
             r = rng.random()
-            if r < 0.1:
+            if r < 0.06:  # around Berlin's and New York's autumn clock changes
+                base = rng.choice(
+                    [datetime(2026, 10, 25, 2, tzinfo=UTC), datetime(2026, 11, 1, 6, tzinfo=UTC)]
+                )
+                ago = NOW - base + timedelta(seconds=rng.uniform(-7200, 7200))
+            elif r < 0.1:
                 ago = timedelta(seconds=rng.uniform(0, 1800))
             elif r < 0.5:
                 ago = timedelta(seconds=rng.uniform(0, 2 * 86400))
@@ -135,6 +142,20 @@ def generate_hits(seed: int = 7, per_site: int = 1500) -> list[Hit]:
                     props=dict(rng.choice(PROPS)),
                 )
             )
+    return hits
+
+
+def generate_big_site(seed: int = 11, count: int = 30_000) -> list[Hit]:
+    """One pageview per distinct visitor, 9 Nov 2026 10:00-12:00 UTC, few distinct values."""
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 9, 10, tzinfo=UTC)
+    hits = []
+    for _ in range(count):
+        fields = {col: options[0] for col, options in CHOICES.items()}
+        fields["country"] = rng.choice(["DE", "US", "IN"])
+        fields["page"] = rng.choice(["/", "/blog"])
+        ts = start + timedelta(seconds=rng.uniform(0, 7200))
+        hits.append(Hit(BIG_SITE, ts, "pageview", rng.getrandbits(64), fields))
     return hits
 
 
@@ -170,7 +191,7 @@ def rollup_log_rows(hits: Iterable[Hit]) -> list[list[Any]]:
             groups[(h.site, minute, dim, h.value(dim))].append(h)
     rows = []
     for i, ((site, minute, dim, value), members) in enumerate(groups.items()):
-        offset = minute.astimezone(ZoneInfo(SITES[site])).utcoffset()
+        offset = minute.astimezone(ZoneInfo(TIMEZONE_OF[site])).utcoffset()
         assert offset is not None
         rows.append(
             [
@@ -217,14 +238,34 @@ def run(client: Any, plan: QueryPlan) -> dict[str, Any]:
     return plan.render([client.query(s).result_rows for s in plan.statements])
 
 
+def assert_results_match(
+    got: list[dict[str, Any]], want: list[dict[str, Any]], metrics: list[str]
+) -> None:
+    """Exact, except visitors (and so percentage) above 1,000: within 1%."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g["dimensions"] == w["dimensions"]
+        for name, gv, wv in zip(metrics, g["metrics"], w["metrics"], strict=True):
+            if name == "visitors" and wv > 1000:
+                assert abs(gv - wv) <= 0.01 * wv, (name, gv, wv)
+            elif name == "percentage":
+                assert abs(gv - wv) <= max(0.01 * wv, 0.1), (name, gv, wv)
+            else:
+                assert gv == wv, (name, gv, wv)
+
+
 def first_day(hits: list[Hit], site: str) -> date:
-    tz = ZoneInfo(SITES[site])
+    tz = ZoneInfo(TIMEZONE_OF[site])
     return min(h.ts.astimezone(tz).date() for h in hits if h.site == site)
 
 
 def plans_for_every_table(body: dict[str, Any], hits: list[Hit]) -> Iterator[QueryPlan]:
     site = body["site_id"]
-    kwargs: dict[str, Any] = {"timezone": SITES[site], "now": NOW, "first_day": first_day(hits, site)}
+    kwargs: dict[str, Any] = {
+        "timezone": TIMEZONE_OF[site],
+        "now": NOW,
+        "first_day": first_day(hits, site),
+    }
     default = plan_query(body, **kwargs)
     for table in default.candidates:
         yield plan_query(body, table=table, **kwargs)
@@ -250,9 +291,13 @@ def matches(flt: list[Any], hit: Hit) -> bool:
         return s if sensitive else s.lower()
 
     if op in ("is", "is_not"):
-        hit_ = any(fold(value) == fold(v) or (value == "" and fold(v) == fold(label)) for v in values)
+        hit_ = any(
+            fold(value) == fold(v) or (value == "" and fold(v) == fold(label)) for v in values
+        )
     else:
-        hit_ = any(fold(v) in fold(value) or (value == "" and fold(v) == fold(label)) for v in values)
+        hit_ = any(
+            fold(v) in fold(value) or (value == "" and fold(v) == fold(label)) for v in values
+        )
     return hit_ if op in ("is", "contains") else not hit_
 
 
@@ -273,7 +318,7 @@ def time_label(ts: datetime, tz: ZoneInfo, gran: str) -> str:
 def oracle(plan: QueryPlan, body: dict[str, Any], hits: list[Hit]) -> dict[str, Any]:
     """Expected results and total_rows for `body`, on the range and order the plan resolved."""
     dr = plan.date_range
-    tz = ZoneInfo(SITES[body["site_id"]])
+    tz = ZoneInfo(TIMEZONE_OF[body["site_id"]])
     filters = body.get("filters", [])
     selected = [
         h
