@@ -25,10 +25,6 @@ def pages_key(site: str, minute: int) -> str:
     return f"live:{{{site}}}:pages:{minute}"
 
 
-def offset_key(topic: str, partition: int) -> str:
-    return f"live:offset:{topic}:{partition}"
-
-
 def recent_minutes(now: float, count: int) -> list[int]:
     """The `count` minute buckets ending with the current one, oldest first."""
     current = int(now // 60) * 60

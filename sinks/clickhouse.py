@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.hits import Hit
 from engine.rollup_rows import ROLLUP_COLUMNS, RollupBatch
-from engine.store.client import Store, to_datetime
+from engine.store.client import Store
 from sinks.base import Sink
 
 EVENT_TEXT_COLUMNS = (
@@ -21,91 +21,87 @@ EVENT_TEXT_COLUMNS = (
     "os", "os_version", "country",
 )  # fmt: skip
 VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
-EVENT_COLUMNS = (
-    "site", "ts", "vid", *EVENT_TEXT_COLUMNS, "props", "interactive",
-    "revenue_amount", "revenue_currency", *VITALS, "src_partition", "src_offset",
-)  # fmt: skip
 
 
 class RollupLogSink(Sink[RollupBatch]):
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._columns: dict[str, list[Any]] = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, list[Any]]:
-        return {name: [] for name in (*ROLLUP_COLUMNS, "src_partition", "src_offset")}
+        self._rows: list[dict[str, Any]] = []
 
     def add(self, item: RollupBatch, src_partition: int, src_offset: int) -> None:
-        size = len(item)
-        for name in ROLLUP_COLUMNS:
-            values = item.columns[name]
-            if name == "minute":
-                values = [to_datetime(m) for m in values]
-            self._columns[name].extend(values)
-        self._columns["src_partition"].extend([src_partition] * size)
-        self._columns["src_offset"].extend([src_offset] * size)
+        columns = [item.columns[name] for name in ROLLUP_COLUMNS]
+        for values in zip(*columns, strict=True):
+            row = dict(zip(ROLLUP_COLUMNS, values, strict=True))
+            row["src_partition"] = src_partition
+            row["src_offset"] = src_offset
+            self._rows.append(row)
 
     def discard(self) -> None:
-        self._columns = self._empty()
+        self._rows = []
 
     @property
     def pending(self) -> int:
-        return len(self._columns["site"])
+        return len(self._rows)
 
     async def flush(self) -> int:
-        rows = self.pending
+        rows = self._rows
         if rows:
-            await self._store.insert("rollup_log", self._columns)
-            self._columns = self._empty()
-        return rows
+            await self._store.insert_rows("rollup_log", rows)
+            self._rows = []
+        return len(rows)
 
 
-def _revenue(hit: Hit) -> tuple[Decimal | None, str]:
+def _revenue(hit: Hit) -> tuple[str | None, str]:
     revenue = hit.get("revenue")
     if not revenue:
         return None, ""
     try:
-        return Decimal(str(revenue["amount"])).quantize(Decimal("0.001")), str(revenue["currency"])
+        amount = Decimal(str(revenue["amount"])).quantize(Decimal("0.001"))
+        return str(amount), str(revenue["currency"])
     except (KeyError, InvalidOperation, TypeError):
         return None, ""
+
+
+def event_row(hit: Hit, src_partition: int, src_offset: int) -> dict[str, Any]:
+    fields: dict[str, Any] = hit  # type: ignore[assignment]
+    row: dict[str, Any] = {
+        "site": hit["site"],
+        # DateTime64(3) takes epoch seconds with a fraction in JSONEachRow.
+        "ts": round(hit["ts"], 3),
+        "vid": hit["vid"],
+        "props": hit.get("props") or {},
+        "interactive": 1 if hit.get("interactive", True) else 0,
+        "src_partition": src_partition,
+        "src_offset": src_offset,
+    }
+    for name in EVENT_TEXT_COLUMNS:
+        row[name] = fields.get(name) or ""
+    row["revenue_amount"], row["revenue_currency"] = _revenue(hit)
+    vitals = hit.get("vitals") or {}
+    for name in VITALS:
+        value = vitals.get(name)
+        row[name] = float(value) if value is not None else None
+    return row
 
 
 class EventsSink(Sink[list[Hit]]):
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._columns: dict[str, list[Any]] = {name: [] for name in EVENT_COLUMNS}
+        self._rows: list[dict[str, Any]] = []
 
     def add(self, item: list[Hit], src_partition: int, src_offset: int) -> None:
-        cols = self._columns
-        for hit in item:
-            cols["site"].append(hit["site"])
-            cols["ts"].append(to_datetime(hit["ts"]))
-            cols["vid"].append(hit["vid"])
-            for name in EVENT_TEXT_COLUMNS:
-                cols[name].append(hit.get(name) or "")  # type: ignore[misc]
-            cols["props"].append(hit.get("props") or {})
-            cols["interactive"].append(1 if hit.get("interactive", True) else 0)
-            amount, currency = _revenue(hit)
-            cols["revenue_amount"].append(amount)
-            cols["revenue_currency"].append(currency)
-            vitals = hit.get("vitals") or {}
-            for name in VITALS:
-                value = vitals.get(name)
-                cols[name].append(float(value) if value is not None else None)
-            cols["src_partition"].append(src_partition)
-            cols["src_offset"].append(src_offset)
+        self._rows.extend(event_row(hit, src_partition, src_offset) for hit in item)
 
     def discard(self) -> None:
-        self._columns = {name: [] for name in EVENT_COLUMNS}
+        self._rows = []
 
     @property
     def pending(self) -> int:
-        return len(self._columns["site"])
+        return len(self._rows)
 
     async def flush(self) -> int:
-        rows = self.pending
+        rows = self._rows
         if rows:
-            await self._store.insert("events", self._columns)
-            self._columns = {name: [] for name in EVENT_COLUMNS}
-        return rows
+            await self._store.insert_rows("events", rows)
+            self._rows = []
+        return len(rows)

@@ -332,19 +332,20 @@ def oracle(plan: QueryPlan, body: dict[str, Any], hits: list[Hit]) -> dict[str, 
     metrics: list[str] = body["metrics"]
     groups: dict[tuple[str, ...], list[Hit]] = defaultdict(list)
     for h in selected:
-        key = []
+        labels: list[str] = []
         for d in dims:
             if d.startswith("time"):
                 assert plan.granularity is not None
-                key.append(time_label(h.ts, tz, plan.granularity))
+                labels.append(time_label(h.ts, tz, plan.granularity))
             else:
-                key.append(h.value(d) or empty_label(d))
-        groups[tuple(key)].append(h)
+                labels.append(h.value(d) or empty_label(d))
+        groups[tuple(labels)].append(h)
     if not dims and not groups:
         groups[()] = []
     total_visitors = len({h.vid for h in selected})
 
-    rows = []
+    Row = tuple[tuple[str, ...], list[Any], dict[str, int]]
+    rows: list[Row] = []
     for key, members in groups.items():
         base = {
             "visitors": len({h.vid for h in members}),
@@ -363,12 +364,21 @@ def oracle(plan: QueryPlan, body: dict[str, Any], hits: list[Hit]) -> dict[str, 
     named = {n for n, _ in order}
     order += [(d, "asc") for d in dims if d not in named]
     for name, direction in reversed(order):  # stable sorts, least significant key first
+        desc = direction == "desc"
         if name in dims:
             i = dims.index(name)
-            rows.sort(key=lambda r, i=i: r[0][i], reverse=direction == "desc")
+
+            def by_label(r: Row, i: int = i) -> str:
+                return r[0][i]
+
+            rows.sort(key=by_label, reverse=desc)
         else:
             metric = "visitors" if name == "percentage" else name
-            rows.sort(key=lambda r, m=metric: r[2][m], reverse=direction == "desc")
+
+            def by_metric(r: Row, m: str = metric) -> int:
+                return r[2][m]
+
+            rows.sort(key=by_metric, reverse=desc)
     total_rows = len(rows)
     if dims:
         q = plan.query

@@ -29,8 +29,8 @@ KOLKATA = ZoneInfo("Asia/Kolkata")
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, sec, tzinfo=UTC)
 
 
 def rng(raw: str | tuple[str, str], tz: ZoneInfo = UTC_Z, now: datetime = NOW) -> DateRange:

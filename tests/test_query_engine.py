@@ -73,9 +73,9 @@ def check(
 
 
 ALL = {"rollup_day", "rollup_hour", "rollup_minute", "events"}
-PERIODS = ["day", "24h", "7d", "28d", "30d", "91d", "month", "year", "6mo", "12mo", "all"]
-PERIODS += ["30m", "realtime"]
-CUSTOM = [
+PERIODS: list[Any] = ["day", "24h", "7d", "28d", "30d", "91d", "month", "year", "6mo", "12mo"]
+PERIODS += ["all", "30m", "realtime"]
+CUSTOM: list[Any] = [
     ["2026-10-20", "2026-10-30"],
     ["2026-11-09T10:00:00+01:00", "2026-11-10T09:59:59+01:00"],
     ["2026-11-09T10:17:00Z", "2026-11-10T12:04:59Z"],

@@ -36,7 +36,10 @@ def test_full_body() -> None:
             filters=[
                 ["is", "visit:country", ["DE", "FR"]],
                 ["contains", "event:page", ["/blog"], {"case_sensitive": False}],
-                ["or", [["is_not", "visit:source", ["Google"]], ["not", ["is", "event:name", [1]]]]],
+                [
+                    "or",
+                    [["is_not", "visit:source", ["Google"]], ["not", ["is", "event:name", [1]]]],
+                ],
                 ["and", [["contains_not", "event:props:plan", ["pro"]]]],
             ],
             order_by=[["visitors", "asc"], ["event:page", "desc"]],

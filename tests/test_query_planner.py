@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.query import plan_query
+from engine.query import plan_query, sql
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 
@@ -50,7 +50,10 @@ def plan(tz: str = "UTC", now: datetime = NOW, **over: Any) -> Any:
             "UTC",
             {
                 "filters": [
-                    ["or", [["is", "visit:country", ["DE"]], ["not", ["is", "visit:country", ["x"]]]]]
+                    [
+                        "or",
+                        [["is", "visit:country", ["DE"]], ["not", ["is", "visit:country", ["x"]]]],
+                    ]
                 ]
             },
             "rollup_day",
@@ -171,6 +174,16 @@ def test_literals_are_escaped_in_sql() -> None:
     assert "site = 'it\\'s.com'" in sql
     assert "props['o\\'k\\\\'] IN ('a\\'\\x0Ab\\\\')" in sql
     assert "\n" not in sql
+
+
+def test_string_literal_escaping() -> None:
+    assert sql.string("plain") == "'plain'"
+    assert sql.string("it's") == "'it\\'s'"
+    assert sql.string("a\\b") == "'a\\\\b'"
+    assert sql.string("x\ny\rz\t\x00\x7f") == "'x\\x0Ay\\x0Dz\\x09\\x00\\x7F'"
+    assert sql.string("€") == "'€'"
+    with pytest.raises(UnicodeEncodeError):
+        sql.string("\ud800")
 
 
 def test_rollup_reads_the_dimension_rows() -> None:

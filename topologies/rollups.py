@@ -8,8 +8,13 @@ rollups were acknowledged by the broker and their live counters written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -17,9 +22,13 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
 from config import Settings
-from engine.hits import decode_hits
+from faust.streams import _current_event
+
+from engine.hits import Hit, decode_hits
+from engine.live_keys import LIVE_HORIZON
+from engine.live_state import MinuteState
 from engine.rollup_rows import build_rollup_rows, encode_rollups
-from sinks.redis_live import LiveCountersSink
+from sinks.redis_live import LiveCountersSink, LiveUpdate
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,29 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+# A live hit is one whose event time is near its arrival; imports of old data skip Redis.
+LIVE_SKEW_SECONDS = 120
+
+
+@contextlib.contextmanager
+def event_context(event: faust.EventT) -> Iterator[None]:
+    """Make `event` the stream's current event, as Faust's own iteration does, so table writes
+    inside a `take_events` batch go to the changelog partition of the event they came from."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def live_hits(hits: list[Hit], arrived: float) -> dict[str, list[Hit]]:
+    by_site: dict[str, list[Hit]] = defaultdict(list)
+    for hit in hits:
+        if abs(hit["ts"] - arrived) <= LIVE_SKEW_SECONDS and hit["ts"] >= time.time() - LIVE_HORIZON:
+            by_site[hit["site"]].append(hit)
+    return by_site
+
+
 def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.App:
     app = faust.App(f"{settings.app_id}-worker", **faust_settings(settings))
     hits_topic = app.topic(settings.hits_topic, key_type=bytes, value_type=bytes,
@@ -62,7 +94,16 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
     rollups_topic = app.topic(settings.rollups_topic, key_type=bytes, value_type=bytes,
                               value_serializer="raw", key_serializer="raw")  # fmt: skip
     live_redis = redis or Redis.from_url(settings.redis_dsn)
-    live = LiveCountersSink(live_redis, settings.hits_topic)
+    live = LiveCountersSink(live_redis)
+    # Per site and arrival minute: pageviews, top pages and a unique-visitor sketch, in RocksDB
+    # with a changelog; Faust expires the windows after an hour.
+    live_minutes = app.Table(
+        "live-minutes",
+        default=bytes,
+        key_type=str,
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+    ).tumbling(60, expires=dt.timedelta(minutes=65))
 
     @app.agent(hits_topic, name="rollups")
     async def rollups(stream: faust.StreamT[bytes]) -> None:
@@ -88,7 +129,17 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                             partition=message.partition,
                         )
                     )
-                live.add(hits, message.partition, message.offset)
+                with event_context(event):
+                    for site, site_hits in live_hits(hits, message.timestamp).items():
+                        window = live_minutes[site]
+                        state = MinuteState.from_bytes(window.current())
+                        added = state.apply(site_hits, message.offset)
+                        if added is None:
+                            continue  # replayed after a restart: already in the table
+                        live_minutes[site] = state.to_bytes()
+                        minute = int(message.timestamp // 60) * 60
+                        live.add(LiveUpdate(site, minute, state, added),
+                                 message.partition, message.offset)  # fmt: skip
                 HITS_PROCESSED.inc(len(hits))
                 MESSAGES_PROCESSED.inc()
                 newest_ts = max([newest_ts, *(h["ts"] for h in hits)])

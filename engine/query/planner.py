@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL, empty_label
+from engine.dimensions import (
+    FIELD_OF,
+    SESSION_ONLY_EVENTS,
+    TIME_DIMENSIONS,
+    TOTAL,
+    empty_label,
+)
 from engine.errors import QueryError
 from engine.query import sql
 from engine.query.dates import (
@@ -45,6 +51,7 @@ from engine.query.model import (
     parse_query,
     prop_key,
 )
+from engine.query.render import render
 
 TABLES: Final[tuple[str, ...]] = ("rollup_day", "rollup_hour", "rollup_minute", "events")
 # Internal metric columns, in SELECT order when needed.
@@ -83,8 +90,7 @@ class QueryPlan:
     count_index: int | None = None  # statement giving total_rows
 
     def render(self, rows_per_statement: list[list[tuple[Any, ...]]]) -> dict[str, Any]:
-        from engine.query.render import render
-
+        """The response, from the rows of each statement (in `statements` order)."""
         return render(self, rows_per_statement)
 
 
@@ -213,7 +219,7 @@ class _Select:
         self.where = " AND ".join(conds)
         self.labels: list[str] = []
         for d in query.dimensions:
-            if d.startswith("time"):
+            if d in TIME_DIMENSIONS:
                 assert gran is not None
                 self.labels.append(_time_label(table, gran, tz))
             else:

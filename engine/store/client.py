@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import clickhouse_connect
+import orjson
 
 from config import Settings
 from engine.errors import ComponentError
@@ -68,6 +69,14 @@ class Store:
             table, [columns[n] for n in names], column_names=names, column_oriented=True
         )
 
+    def insert_rows_sync(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """JSONEachRow insert: with chDB it is an order of magnitude faster than the columnar
+        path for Map and Array columns."""
+        if not rows:
+            return
+        block = b"\n".join(orjson.dumps(row) for row in rows)
+        self._client.raw_insert(table, insert_block=block, fmt="JSONEachRow")
+
     def ping_sync(self) -> bool:
         try:
             self._client.query("SELECT 1")
@@ -81,6 +90,9 @@ class Store:
 
     async def insert(self, table: str, columns: dict[str, Sequence[Any]]) -> None:
         await self._run(partial(self.insert_sync, table, columns))
+
+    async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        await self._run(partial(self.insert_rows_sync, table, rows))
 
     async def ping(self) -> bool:
         return await self._run(self.ping_sync)

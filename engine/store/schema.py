@@ -17,7 +17,12 @@ ROLLUP_LEVELS: dict[str, str] = {
 }
 
 
+MAX_RETENTION_DAYS = 36_500
+
+
 def ddl(events_retention_days: int = 90) -> list[str]:
+    if not 1 <= events_retention_days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"events retention must be 1..{MAX_RETENTION_DAYS} days")
     rollup_cols = """
         site LowCardinality(String),
         {time_col},
@@ -62,7 +67,7 @@ def ddl(events_retention_days: int = 90) -> list[str]:
             src_offset UInt64
         ) ENGINE = MergeTree
         ORDER BY (site, toDate(ts), name, ts)
-        TTL toDateTime(ts) + INTERVAL {int(events_retention_days)} DAY
+        TTL toDate(ts) + INTERVAL {int(events_retention_days)} DAY
         """,
         """
         CREATE TABLE IF NOT EXISTS rollup_log (
