@@ -12,7 +12,7 @@ setup:
 run: setup
 	$(VENV)/bin/rollup run
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
 
 test-unit: setup

@@ -56,8 +56,12 @@ def _serve(settings: Settings, roles: frozenset[Role]) -> int:
         )
         server = uvicorn.Server(config)
         try:
-            log.info("%s listening on http://%s:%d", "+".join(sorted(r.value for r in roles)),
-                     settings.http_host, settings.http_port)  # fmt: skip
+            log.info(
+                "%s listening on http://%s:%d",
+                "+".join(sorted(r.value for r in roles)),
+                settings.http_host,
+                settings.http_port,
+            )
             await server.serve()
         finally:
             await runtime.stop()
@@ -77,8 +81,9 @@ def _worker(settings: Settings) -> int:
         try:
             start_http_server(settings.worker_web_port, addr="127.0.0.1")
         except OSError:
-            log.warning("worker metrics port %d in use; metrics not served",
-                        settings.worker_web_port)  # fmt: skip
+            log.warning(
+                "worker metrics port %d in use; metrics not served", settings.worker_web_port
+            )
     run_worker(settings)
     return 0
 
@@ -116,17 +121,23 @@ def _run(settings: Settings) -> int:
         out = log_path.open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", role],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         out.close()
         return ChildProcess(role, proc, log_path)
 
     try:
         engines["serve"] = spawn("serve")
         engines["worker"] = spawn("worker")
-        print(f"rollup running: http://{settings.http_host}:{settings.http_port} "
-              f"(data in {data_dir}, logs in {data_dir / 'logs'})", flush=True)  # fmt: skip
+        print(
+            f"rollup running: http://{settings.http_host}:{settings.http_port} "
+            f"(data in {data_dir}, logs in {data_dir / 'logs'})",
+            flush=True,
+        )
         while not stopping:
             time.sleep(0.5)
             for child in stack.children:
@@ -137,8 +148,7 @@ def _run(settings: Settings) -> int:
                     code = child.proc.returncode
                     if role == "serve" and code == 1 and "already" in child.last_log_line():
                         raise ComponentError(role, child.last_log_line())
-                    log.warning("%s exited (%s): %s; restarting", role, code,
-                                child.last_log_line())  # fmt: skip
+                    log.warning("%s exited (%s): %s; restarting", role, code, child.last_log_line())
                     engines[role] = spawn(role)
     finally:
         for child in engines.values():

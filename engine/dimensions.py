@@ -1,4 +1,4 @@
-"""The dimensions the engine knows: API names, the hit field behind each, and which are rolled up."""
+"""The dimensions the engine knows: API names, the hit field behind each, what is rolled up."""
 
 from __future__ import annotations
 

@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 QUERIES = Counter("rollup_stats_queries_total", "Stats API queries", ["status", "table"])
 QUERY_SECONDS = Histogram(
-    "rollup_stats_query_seconds", "Stats API query latency", ["table"],
+    "rollup_stats_query_seconds",
+    "Stats API query latency",
+    ["table"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)  # fmt: skip
+)
 
 JSON = "application/json"
 

@@ -229,7 +229,9 @@ class Ingestor:
                 result.rate_limited = True
                 result.dropped += 1
                 continue
-            prev = visitor_id(salts.previous, user_agent, client_ip, domain) if salts.previous else 0
+            prev = (
+                visitor_id(salts.previous, user_agent, client_ip, domain) if salts.previous else 0
+            )
             hits.append(
                 Hit(
                     ts=ts,

@@ -29,7 +29,9 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
             break
         except KafkaError as exc:
             if asyncio.get_running_loop().time() > deadline:
-                raise ComponentError("broker", f"unreachable at {settings.kafka_bootstrap}") from exc
+                raise ComponentError(
+                    "broker", f"unreachable at {settings.kafka_bootstrap}"
+                ) from exc
             await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())

@@ -19,8 +19,15 @@ from engine.hits import Hit
 
 ROLLUP_CODEC_VERSION = 1
 ROLLUP_COLUMNS = (
-    "site", "minute", "tz_offset", "dim", "value", "pageviews", "events", "hashes",
-)  # fmt: skip
+    "site",
+    "minute",
+    "tz_offset",
+    "dim",
+    "value",
+    "pageviews",
+    "events",
+    "hashes",
+)
 _DIMENSION_FIELDS = tuple(FIELD_OF.items())
 
 

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from redis.asyncio import Redis
 
@@ -24,7 +24,7 @@ from engine.visitor import SaltStore
 log = logging.getLogger(__name__)
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     INGEST = "ingest"
     API = "api"
 

@@ -140,9 +140,13 @@ class SiteRepository:
         self._execute(
             "INSERT INTO api_keys (key_hash, label, rate_limit_per_hour, created_at) "
             "VALUES (?, ?, ?, ?)",
-            (key_hash, label, rate_limit or self._default_rate_limit,
-             dt.datetime.now(dt.UTC).isoformat()),
-        )  # fmt: skip
+            (
+                key_hash,
+                label,
+                rate_limit or self._default_rate_limit,
+                dt.datetime.now(dt.UTC).isoformat(),
+            ),
+        )
         for domain in domains:
             self._execute(
                 "INSERT INTO api_key_sites (key_hash, domain) VALUES (?, ?)", (key_hash, domain)
@@ -176,9 +180,7 @@ class SiteRepository:
         )
         if not rows:
             return None
-        domains = self._execute(
-            "SELECT domain FROM api_key_sites WHERE key_hash = ?", (key_hash,)
-        )
+        domains = self._execute("SELECT domain FROM api_key_sites WHERE key_hash = ?", (key_hash,))
         return ApiKey(key_hash, int(rows[0][0]), frozenset(d for (d,) in domains))
 
 

@@ -175,16 +175,24 @@ class EmbeddedStack:
             "redis",
             [
                 redis_binary(),
-                "--port", "0",
-                "--unixsocket", str(sock),
-                "--unixsocketperm", "700",
-                "--dir", str(data),
-                "--dbfilename", "redis.rdb",
-                "--save", "60 1000",
-                "--appendonly", "no",
-                "--maxmemory-policy", "noeviction",
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(data),
+                "--dbfilename",
+                "redis.rdb",
+                "--save",
+                "60 1000",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
             ],
-        )  # fmt: skip
+        )
         if not wait_for_unix(sock, 20.0, child.proc):
             child.stop()
             raise ComponentError("redis", f"did not start: {child.last_log_line()}")

@@ -53,7 +53,7 @@ class SaltStore:
             return self._cached
         current = await self._get_or_create(today)
         previous = await self._redis.get(SALT_KEY.format(day=today - dt.timedelta(days=1)))
-        self._cached = Salts(current, previous)
+        self._cached = Salts(current, _as_bytes(previous) if previous is not None else None)
         self._cached_day = today
         return self._cached
 
@@ -64,4 +64,8 @@ class SaltStore:
         salt = await self._redis.get(key)
         if salt is None:  # expired between the two calls: only possible at the 48h edge
             raise RuntimeError(f"salt for {day} vanished")
-        return bytes(salt)
+        return _as_bytes(salt)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")

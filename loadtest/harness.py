@@ -32,8 +32,14 @@ class RunningStack:
     data_dir: Path
 
     def rollup(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "engine.cli", *args], env=self.env,
-                             cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout
 
     def add_site(self, domain: str, timezone: str = "UTC") -> str:
@@ -55,8 +61,13 @@ def embedded_stack(extra_env: dict[str, str] | None = None) -> Iterator[RunningS
             "ROLLUP_INGEST_RATE_LIMIT": "0",
             **(extra_env or {}),
         }
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         stack = RunningStack(f"http://127.0.0.1:{port}", env, Path(tmp))
         try:
             deadline = time.monotonic() + 120

@@ -20,11 +20,13 @@ import httpx
 
 from loadtest.harness import RunningStack, embedded_stack, free_port
 
-UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "Chrome/120.0.0.0 Safari/537.36")  # fmt: skip
+UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
 BODY = '{"n":"pageview","u":"https://bench.test/pricing","d":"bench.test","r":"https://www.google.com/"}'
 
-BASELINE_APP = '''
+BASELINE_APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -33,15 +35,31 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 202,
                 "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"ok"})
-'''
+"""
 
 
 def hey(url: str, seconds: int, concurrency: int) -> tuple[float, float, dict[str, int]]:
     out = subprocess.run(
-        ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "text/plain",
-         "-H", f"User-Agent: {UA}", "-d", BODY, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "hey",
+            "-z",
+            f"{seconds}s",
+            "-c",
+            str(concurrency),
+            "-m",
+            "POST",
+            "-T",
+            "text/plain",
+            "-H",
+            f"User-Agent: {UA}",
+            "-d",
+            BODY,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%% in ([\d.]+) secs".replace("%%", "%"), out)
     codes = {m[0]: int(m[1]) for m in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
@@ -49,16 +67,30 @@ def hey(url: str, seconds: int, concurrency: int) -> tuple[float, float, dict[st
 
 
 def baseline(seconds: int, concurrency: int) -> float:
-    with tempfile.NamedTemporaryFile("w", suffix=".py", dir=".", prefix="_bench_app_",
-                                     delete=True) as module:  # fmt: skip
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".py", dir=".", prefix="_bench_app_", delete=True
+    ) as module:
         module.write(BASELINE_APP)
         module.flush()
         name = module.name.rsplit("/", 1)[-1][:-3]
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"{name}:app", "--port", str(port), "--loop",
-             "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"{name}:app",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+        )
         try:
             time.sleep(2)
             rps, _, _ = hey(f"http://127.0.0.1:{port}/", seconds, concurrency)
@@ -83,14 +115,24 @@ def freshness(stack: RunningStack, key: str, samples: int = 5) -> tuple[list[flo
             if time.monotonic() - sent > 60:
                 raise RuntimeError("hit never appeared")
             if seen_query is None:
-                result = httpx.post(f"{stack.url}/api/v2/query", headers=headers, json={
-                    "site_id": "bench.test", "metrics": ["pageviews"], "date_range": "30m",
-                    "filters": [["is", "event:page", [page]]]}).json()  # fmt: skip
+                result = httpx.post(
+                    f"{stack.url}/api/v2/query",
+                    headers=headers,
+                    json={
+                        "site_id": "bench.test",
+                        "metrics": ["pageviews"],
+                        "date_range": "30m",
+                        "filters": [["is", "event:page", [page]]],
+                    },
+                ).json()
                 if result["results"][0]["metrics"][0] == 1:
                     seen_query = time.monotonic() - sent
             if seen_live is None:
-                live = httpx.get(f"{stack.url}/api/v1/stats/realtime/live", headers=headers,
-                                 params={"site_id": "bench.test"}).json()  # fmt: skip
+                live = httpx.get(
+                    f"{stack.url}/api/v1/stats/realtime/live",
+                    headers=headers,
+                    params={"site_id": "bench.test"},
+                ).json()
                 if any(p == page for p, _ in live["top_pages"]) or _page_in(live, page):
                     seen_live = time.monotonic() - sent
             time.sleep(0.05)
@@ -126,13 +168,19 @@ def main() -> None:
         to_query, to_live = freshness(stack, key)
     median_engine, median_base = statistics.median(engine), statistics.median(base)
     print(f"baseline (uvicorn, 202 and nothing else): median {median_base:,.0f} req/s")
-    print(f"rollup ingest /api/event (202 after broker ack): median {median_engine:,.0f} req/s, "
-          f"p99 {statistics.median(p99s) * 1000:.1f} ms")
+    print(
+        f"rollup ingest /api/event (202 after broker ack): median {median_engine:,.0f} req/s, "
+        f"p99 {statistics.median(p99s) * 1000:.1f} ms"
+    )
     print(f"ratio engine/baseline: {median_engine / median_base:.2f}")
-    print(f"hit -> /api/v2/query: median {statistics.median(to_query):.2f} s "
-          f"(max {max(to_query):.2f} s)")
-    print(f"hit -> realtime live: median {statistics.median(to_live):.2f} s "
-          f"(max {max(to_live):.2f} s)")
+    print(
+        f"hit -> /api/v2/query: median {statistics.median(to_query):.2f} s "
+        f"(max {max(to_query):.2f} s)"
+    )
+    print(
+        f"hit -> realtime live: median {statistics.median(to_live):.2f} s "
+        f"(max {max(to_live):.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,23 @@ from engine.store.client import Store
 from sinks.base import Sink
 
 EVENT_TEXT_COLUMNS = (
-    "name", "hostname", "page", "referrer", "source", "utm_source", "utm_medium",
-    "utm_campaign", "utm_content", "utm_term", "device", "browser", "browser_version",
-    "os", "os_version", "country",
-)  # fmt: skip
+    "name",
+    "hostname",
+    "page",
+    "referrer",
+    "source",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "device",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "country",
+)
 VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
 
 

@@ -56,8 +56,7 @@ class LiveCountersSink(Sink[LiveUpdate]):
             return 0
         pipe: Any = self._redis.pipeline(transaction=False)
         for (site, minute), state in self._latest.items():
-            pipe.set(pageviews_key(site, minute), state.pageviews,
-                     exat=minute + PAGEVIEWS_TTL)  # fmt: skip
+            pipe.set(pageviews_key(site, minute), state.pageviews, exat=minute + PAGEVIEWS_TTL)
             if state.pages:
                 pipe.zadd(pages_key(site, minute), state.pages)
                 pipe.expireat(pages_key(site, minute), minute + PAGES_TTL)

@@ -36,8 +36,12 @@ class Stack:
     def rollup(self, *args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "engine.cli", *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if out.returncode != 0:
             raise AssertionError(f"rollup {' '.join(args)} failed: {out.stderr[-2000:]}")
         return out.stdout
@@ -91,8 +95,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env.pop(name, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     stack = Stack(f"http://127.0.0.1:{http_port}", "test-admin-token", env, data_dir, proc)
     try:
         _wait_ready(stack, timeout=120)

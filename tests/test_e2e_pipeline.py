@@ -101,8 +101,11 @@ async def _send_live(loaded: Loaded) -> None:
 
 def _send_import(loaded: Loaded) -> None:
     lines = [orjson.dumps(h.import_line()) for h in loaded.trace.imported]
-    bad = [b'{"name": "pageview"}', b"not json", b'{"name":"pageview","url":"ftp://x","timestamp":1,'
-           b'"ip":"1.2.3.4","user_agent":"x"}']  # fmt: skip
+    bad = [
+        b'{"name": "pageview"}',
+        b"not json",
+        b'{"name":"pageview","url":"ftp://x","timestamp":1,"ip":"1.2.3.4","user_agent":"x"}',
+    ]
     resp = httpx.post(
         f"{loaded.stack.url}/api/import",
         content=b"\n".join(lines + bad),
@@ -122,8 +125,9 @@ def _wait_for_totals(loaded: Loaded, timeout: float = 120) -> float:
         done = True
         for site in SITES:
             expected = totals(loaded.hits(site))
-            got = loaded.query(site, {"metrics": ["pageviews", "events"],
-                                      "date_range": loaded.date_range(site)})  # fmt: skip
+            got = loaded.query(
+                site, {"metrics": ["pageviews", "events"], "date_range": loaded.date_range(site)}
+            )
             if got["results"][0]["metrics"] != [expected["pageviews"], expected["events"]]:
                 done = False
         if done:
@@ -150,8 +154,10 @@ def as_table(result: dict[str, Any]) -> dict[tuple[str, ...], list[Any]]:
 def test_totals_per_site(loaded: Loaded) -> None:
     for site in SITES:
         expected = totals(loaded.hits(site))
-        got = loaded.query(site, {"metrics": ["visitors", "pageviews", "events"],
-                                  "date_range": loaded.date_range(site)})  # fmt: skip
+        got = loaded.query(
+            site,
+            {"metrics": ["visitors", "pageviews", "events"], "date_range": loaded.date_range(site)},
+        )
         visitors, pageviews, events = got["results"][0]["metrics"]
         assert (pageviews, events) == (expected["pageviews"], expected["events"])
         assert close_enough(visitors, expected["visitors"]), (visitors, expected)
@@ -163,9 +169,14 @@ def test_every_dimension_breakdown(loaded: Loaded, dimension: str) -> None:
     for site in SITES:
         hits = loaded.hits(site)
         expected = breakdown(hits, lambda h: shown(dimension, DIMENSION_VALUE[dimension](h)))
-        got = loaded.query(site, {"metrics": ["visitors", "pageviews", "events"],
-                                  "date_range": loaded.date_range(site),
-                                  "dimensions": [dimension]})  # fmt: skip
+        got = loaded.query(
+            site,
+            {
+                "metrics": ["visitors", "pageviews", "events"],
+                "date_range": loaded.date_range(site),
+                "dimensions": [dimension],
+            },
+        )
         table = as_table(got)
         assert set(table) == {(k,) for k in expected}, (dimension, site)
         for value, metrics in expected.items():
@@ -180,11 +191,18 @@ def test_percentage_and_order(loaded: Loaded) -> None:
     site = "alpha.test"
     hits = loaded.hits(site)
     total = totals(hits)["visitors"]
-    expected = breakdown(hits, lambda h: shown("visit:country", DIMENSION_VALUE["visit:country"](h)))
-    got = loaded.query(site, {"metrics": ["visitors", "percentage"],
-                              "date_range": loaded.date_range(site),
-                              "dimensions": ["visit:country"],
-                              "order_by": [["visitors", "asc"]]})  # fmt: skip
+    expected = breakdown(
+        hits, lambda h: shown("visit:country", DIMENSION_VALUE["visit:country"](h))
+    )
+    got = loaded.query(
+        site,
+        {
+            "metrics": ["visitors", "percentage"],
+            "date_range": loaded.date_range(site),
+            "dimensions": ["visit:country"],
+            "order_by": [["visitors", "asc"]],
+        },
+    )
     visitors = [row["metrics"][0] for row in got["results"]]
     assert visitors == sorted(visitors)
     for row in got["results"]:
@@ -195,10 +213,15 @@ def test_percentage_and_order(loaded: Loaded) -> None:
 def test_time_series_by_local_day(loaded: Loaded) -> None:
     for site, tz in SITES.items():
         expected = breakdown(loaded.hits(site), lambda h, tz=tz: local_day(h, tz))
-        got = loaded.query(site, {"metrics": ["visitors", "pageviews"],
-                                  "date_range": loaded.date_range(site),
-                                  "dimensions": ["time:day"],
-                                  "include": {"time_labels": True, "total_rows": True}})  # fmt: skip
+        got = loaded.query(
+            site,
+            {
+                "metrics": ["visitors", "pageviews"],
+                "date_range": loaded.date_range(site),
+                "dimensions": ["time:day"],
+                "include": {"time_labels": True, "total_rows": True},
+            },
+        )
         table = as_table(got)
         assert set(table) == {(d,) for d in expected}
         for day, metrics in expected.items():
@@ -218,8 +241,9 @@ def test_today_by_hour(loaded: Loaded) -> None:
     expected = breakdown(
         hits, lambda h: dt.datetime.fromtimestamp(h.ts, tz).strftime("%Y-%m-%d %H:00:00")
     )
-    got = loaded.query(site, {"metrics": ["pageviews", "events"], "date_range": "day",
-                              "dimensions": ["time:hour"]})  # fmt: skip
+    got = loaded.query(
+        site, {"metrics": ["pageviews", "events"], "date_range": "day", "dimensions": ["time:hour"]}
+    )
     assert as_table(got) == {(k,): [v["pageviews"], v["events"]] for k, v in expected.items()}
 
 
@@ -229,8 +253,11 @@ FILTERS = [
     (["contains", "event:page", ["blog"]], lambda h: "blog" in h.page),
     (["contains_not", "event:page", ["blog"]], lambda h: "blog" not in h.page),
     (["is", "visit:source", ["Direct / None"]], lambda h: DIMENSION_VALUE["visit:source"](h) == ""),
-    (["is", "visit:country", ["US", "NL"]], lambda h: DIMENSION_VALUE["visit:country"](h) in ("US", "NL")),
-]  # fmt: skip
+    (
+        ["is", "visit:country", ["US", "NL"]],
+        lambda h: DIMENSION_VALUE["visit:country"](h) in ("US", "NL"),
+    ),
+]
 
 
 @pytest.mark.parametrize("index", range(len(FILTERS)))
@@ -239,19 +266,33 @@ def test_filters_on_rollups_and_events(loaded: Loaded, index: int) -> None:
     site = "beta.test"
     hits = [h for h in loaded.hits(site) if predicate(h)]
     # Aggregate with a filter on one dimension: rollups.
-    got = loaded.query(site, {"metrics": ["visitors", "pageviews", "events"],
-                              "date_range": loaded.date_range(site), "filters": [flt]})  # fmt: skip
+    got = loaded.query(
+        site,
+        {
+            "metrics": ["visitors", "pageviews", "events"],
+            "date_range": loaded.date_range(site),
+            "filters": [flt],
+        },
+    )
     expected = totals(hits)
     visitors, pageviews, events = got["results"][0]["metrics"]
     assert (pageviews, events) == (expected["pageviews"], expected["events"])
     assert close_enough(visitors, expected["visitors"])
     assert got["meta"]["table"].startswith("rollup_")
     # The same filter with a breakdown by another dimension: only the events table can answer.
-    got = loaded.query(site, {"metrics": ["visitors", "pageviews"],
-                              "date_range": loaded.date_range(site), "filters": [flt],
-                              "dimensions": ["visit:browser"]})  # fmt: skip
+    got = loaded.query(
+        site,
+        {
+            "metrics": ["visitors", "pageviews"],
+            "date_range": loaded.date_range(site),
+            "filters": [flt],
+            "dimensions": ["visit:browser"],
+        },
+    )
     assert got["meta"]["table"] == "events"
-    by_browser = breakdown(hits, lambda h: shown("visit:browser", DIMENSION_VALUE["visit:browser"](h)))
+    by_browser = breakdown(
+        hits, lambda h: shown("visit:browser", DIMENSION_VALUE["visit:browser"](h))
+    )
     table = as_table(got)
     assert set(table) == {(k,) for k in by_browser}
     for browser, metrics in by_browser.items():
@@ -261,11 +302,16 @@ def test_filters_on_rollups_and_events(loaded: Loaded, index: int) -> None:
 
 def test_or_and_not_filters(loaded: Loaded) -> None:
     site = "gamma.test"
-    flt = ["or", [["is", "event:name", ["Signup"]],
-                  ["not", ["contains", "event:page", ["blog"]]]]]  # fmt: skip
+    flt = ["or", [["is", "event:name", ["Signup"]], ["not", ["contains", "event:page", ["blog"]]]]]
     hits = [h for h in loaded.hits(site) if h.name == "Signup" or "blog" not in h.page]
-    got = loaded.query(site, {"metrics": ["pageviews", "events", "visitors"],
-                              "date_range": loaded.date_range(site), "filters": [flt]})  # fmt: skip
+    got = loaded.query(
+        site,
+        {
+            "metrics": ["pageviews", "events", "visitors"],
+            "date_range": loaded.date_range(site),
+            "filters": [flt],
+        },
+    )
     expected = totals(hits)
     pageviews, events, visitors = got["results"][0]["metrics"]
     assert (pageviews, events) == (expected["pageviews"], expected["events"])
@@ -274,29 +320,42 @@ def test_or_and_not_filters(loaded: Loaded) -> None:
 
 def test_pagination(loaded: Loaded) -> None:
     site = "alpha.test"
-    body = {"metrics": ["pageviews"], "date_range": loaded.date_range(site),
-            "dimensions": ["event:page"], "order_by": [["event:page", "asc"]],
-            "include": {"total_rows": True}}  # fmt: skip
+    body = {
+        "metrics": ["pageviews"],
+        "date_range": loaded.date_range(site),
+        "dimensions": ["event:page"],
+        "order_by": [["event:page", "asc"]],
+        "include": {"total_rows": True},
+    }
     full = loaded.query(site, body)
     page = loaded.query(site, {**body, "pagination": {"limit": 2, "offset": 2}})
     assert page["results"] == full["results"][2:4]
-    assert page["meta"]["total_rows"] == len(full["results"]) == len(
-        {h.page for h in loaded.hits(site)}
+    assert (
+        page["meta"]["total_rows"]
+        == len(full["results"])
+        == len({h.page for h in loaded.hits(site)})
     )
 
 
 def test_realtime_endpoints(loaded: Loaded) -> None:
     site = "alpha.test"
-    live = [h for h in loaded.trace.live + loaded.multi
-            if h.site == site and h.name not in ("engagement", "pageleave")]  # fmt: skip
+    live = [
+        h
+        for h in loaded.trace.live + loaded.multi
+        if h.site == site and h.name not in ("engagement", "pageleave")
+    ]
     key = loaded.keys[site]
     headers = {"Authorization": f"Bearer {key}"}
-    resp = httpx.get(f"{loaded.stack.url}/api/v1/stats/realtime/visitors",
-                     params={"site_id": site}, headers=headers)  # fmt: skip
+    resp = httpx.get(
+        f"{loaded.stack.url}/api/v1/stats/realtime/visitors",
+        params={"site_id": site},
+        headers=headers,
+    )
     assert resp.status_code == 200
     assert resp.json() == len({visitor_key(h) for h in live})
-    summary = httpx.get(f"{loaded.stack.url}/api/v1/stats/realtime/live",
-                        params={"site_id": site}, headers=headers).json()  # fmt: skip
+    summary = httpx.get(
+        f"{loaded.stack.url}/api/v1/stats/realtime/live", params={"site_id": site}, headers=headers
+    ).json()
     assert len(summary["pageviews_per_minute"]) == 30
     pageviews = [h for h in live if h.name == "pageview"]
     assert sum(n for _, n in summary["pageviews_per_minute"]) == len(pageviews)
@@ -308,8 +367,9 @@ def test_realtime_endpoints(loaded: Loaded) -> None:
 def test_keys_read_only_their_sites(loaded: Loaded) -> None:
     url = f"{loaded.stack.url}/api/v2/query"
     body = {"site_id": "beta.test", "metrics": ["visitors"], "date_range": "day"}
-    wrong_site = httpx.post(url, json=body,
-                            headers={"Authorization": f"Bearer {loaded.keys['alpha.test']}"})  # fmt: skip
+    wrong_site = httpx.post(
+        url, json=body, headers={"Authorization": f"Bearer {loaded.keys['alpha.test']}"}
+    )
     assert wrong_site.status_code == 401 and "beta.test" in wrong_site.json()["error"]
     assert httpx.post(url, json=body).status_code == 401
     bad = loaded.query("beta.test", {"metrics": ["nope"], "date_range": "day"}, status=400)

@@ -370,9 +370,27 @@ json_values = st.recursive(
     max_leaves=12,
 )
 field_names = st.sampled_from(
-    ["name", "n", "url", "u", "domain", "d", "referrer", "r", "props", "p", "interactive", "i",
-     "revenue", "$", "vitals", "timestamp", "ip", "user_agent"]
-)  # fmt: skip
+    [
+        "name",
+        "n",
+        "url",
+        "u",
+        "domain",
+        "d",
+        "referrer",
+        "r",
+        "props",
+        "p",
+        "interactive",
+        "i",
+        "revenue",
+        "$",
+        "vitals",
+        "timestamp",
+        "ip",
+        "user_agent",
+    ]
+)
 bodies = st.dictionaries(field_names | st.text(max_size=5), json_values, max_size=10)
 urls = st.builds(
     lambda scheme, host, path, query: f"{scheme}://{host}/{path}?{query}",

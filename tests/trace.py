@@ -22,7 +22,11 @@ USER_AGENTS: dict[str, tuple[str, str, str, str, str]] = {
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
     "Gecko) Version/17.1 Mobile/15E148 Safari/604.1": ("Safari", "17.1", "iOS", "17.1", "Mobile"),
     "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0": (
-        "Firefox", "121.0", "Linux", "", "Desktop",
+        "Firefox",
+        "121.0",
+        "Linux",
+        "",
+        "Desktop",
     ),
     "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/16.6 Mobile/15E148 Safari/604.1": ("Safari", "16.6", "iOS", "16.6", "Tablet"),
@@ -129,8 +133,9 @@ def generate(sites: list[str], now: float, live: int, imported: int, seed: int =
 
     for _ in range(live):
         trace.live.append(hit(now))
-    today = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0,
-                                                            microsecond=0)  # fmt: skip
+    today = dt.datetime.fromtimestamp(now, dt.UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     for _ in range(imported):
         # Whole days before today: each day gets its own salt, as in production.
         day = rng.randint(1, 5)

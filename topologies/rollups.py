@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
 from config import Settings
-from faust.streams import _current_event
-
 from engine.hits import Hit, decode_hits
 from engine.live_keys import LIVE_HORIZON
 from engine.live_state import MinuteState
@@ -34,7 +33,9 @@ log = logging.getLogger(__name__)
 
 HITS_PROCESSED = Counter("rollup_worker_hits_total", "Hits folded into rollups by this worker")
 MESSAGES_PROCESSED = Counter("rollup_worker_messages_total", "Hits messages processed")
-BAD_MESSAGES = Counter("rollup_worker_bad_messages_total", "Hits messages that could not be decoded")
+BAD_MESSAGES = Counter(
+    "rollup_worker_bad_messages_total", "Hits messages that could not be decoded"
+)
 LIVE_FAILURES = Counter("rollup_worker_live_failures_total", "Failed Redis live-counter writes")
 BATCH_SECONDS = Histogram("rollup_worker_batch_seconds", "Time to process one batch of messages")
 LAG_SECONDS = Histogram(
@@ -69,7 +70,7 @@ LIVE_SKEW_SECONDS = 120
 
 
 @contextlib.contextmanager
-def event_context(event: faust.EventT) -> Iterator[None]:
+def event_context(event: faust.EventT[Any]) -> Iterator[None]:
     """Make `event` the stream's current event, as Faust's own iteration does, so table writes
     inside a `take_events` batch go to the changelog partition of the event they came from."""
     token = _current_event.set(weakref.ref(event))
@@ -82,17 +83,30 @@ def event_context(event: faust.EventT) -> Iterator[None]:
 def live_hits(hits: list[Hit], arrived: float) -> dict[str, list[Hit]]:
     by_site: dict[str, list[Hit]] = defaultdict(list)
     for hit in hits:
-        if abs(hit["ts"] - arrived) <= LIVE_SKEW_SECONDS and hit["ts"] >= time.time() - LIVE_HORIZON:
+        if (
+            abs(hit["ts"] - arrived) <= LIVE_SKEW_SECONDS
+            and hit["ts"] >= time.time() - LIVE_HORIZON
+        ):
             by_site[hit["site"]].append(hit)
     return by_site
 
 
 def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.App:
     app = faust.App(f"{settings.app_id}-worker", **faust_settings(settings))
-    hits_topic = app.topic(settings.hits_topic, key_type=bytes, value_type=bytes,
-                           value_serializer="raw", key_serializer="raw")  # fmt: skip
-    rollups_topic = app.topic(settings.rollups_topic, key_type=bytes, value_type=bytes,
-                              value_serializer="raw", key_serializer="raw")  # fmt: skip
+    hits_topic = app.topic(
+        settings.hits_topic,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    rollups_topic = app.topic(
+        settings.rollups_topic,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
     live_redis = redis or Redis.from_url(settings.redis_dsn)
     live = LiveCountersSink(live_redis)
     # Per site and arrival minute: pageviews, top pages and a unique-visitor sketch, in RocksDB
@@ -107,18 +121,21 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
 
     @app.agent(hits_topic, name="rollups")
     async def rollups(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(max_=500, within=settings.worker_flush_seconds / 4):
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            max_=500, within=settings.worker_flush_seconds / 4
+        ):
             started = time.monotonic()
             sends = []
             newest_ts = 0.0
             for event in events:
                 message = event.message
                 try:
-                    hits = decode_hits(message.value)
+                    hits = decode_hits(message.value or b"")
                 except Exception:
                     BAD_MESSAGES.inc()
-                    log.exception("skipping undecodable hits message %s/%s",
-                                  message.partition, message.offset)  # fmt: skip
+                    log.exception(
+                        "skipping undecodable hits message %s/%s", message.partition, message.offset
+                    )
                     continue
                 batch = build_rollup_rows(hits)
                 if len(batch):
@@ -138,8 +155,11 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                             continue  # replayed after a restart: already in the table
                         live_minutes[site] = state.to_bytes()
                         minute = int(message.timestamp // 60) * 60
-                        live.add(LiveUpdate(site, minute, state, added),
-                                 message.partition, message.offset)  # fmt: skip
+                        live.add(
+                            LiveUpdate(site, minute, state, added),
+                            message.partition,
+                            message.offset,
+                        )
                 HITS_PROCESSED.inc(len(hits))
                 MESSAGES_PROCESSED.inc()
                 newest_ts = max([newest_ts, *(h["ts"] for h in hits)])

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import clickhouse_connect
 import orjson
@@ -22,6 +22,7 @@ from engine.errors import ComponentError
 from engine.store.schema import ddl
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def connect(settings: Settings) -> Any:
@@ -97,7 +98,7 @@ class Store:
     async def ping(self) -> bool:
         return await self._run(self.ping_sync)
 
-    async def _run(self, fn: partial[Any]) -> Any:
+    async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def applied_offsets_sync(self, table: str) -> dict[int, int]:

@@ -131,7 +131,9 @@ class _WriterLoop:
                     BAD_MESSAGES.labels(self.table).inc()
                     log.exception("undecodable message %s/%s", record.partition, record.offset)
                     continue
-                if src_offset <= max(self.applied.get(src_partition, -1), newest.get(src_partition, -1)):
+                if src_offset <= max(
+                    self.applied.get(src_partition, -1), newest.get(src_partition, -1)
+                ):
                     REPLAYS_SKIPPED.labels(self.table).inc()
                     continue
                 self.sink.add(item, src_partition, src_offset)
@@ -168,11 +170,18 @@ class StoreWriter:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.loops = [
-            _WriterLoop(settings, store, settings.rollups_topic, "rollup_log",
-                        RollupLogSink(store), _decode_rollups),
-            _WriterLoop(settings, store, settings.hits_topic, "events",
-                        EventsSink(store), _decode_hits),
-        ]  # fmt: skip
+            _WriterLoop(
+                settings,
+                store,
+                settings.rollups_topic,
+                "rollup_log",
+                RollupLogSink(store),
+                _decode_rollups,
+            ),
+            _WriterLoop(
+                settings, store, settings.hits_topic, "events", EventsSink(store), _decode_hits
+            ),
+        ]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
