@@ -50,6 +50,7 @@ def _serve(settings: Settings, roles: frozenset[Role]) -> int:
             loop="uvloop",
             http="httptools",
             lifespan="off",
+            proxy_headers=False,  # X-Forwarded-For is judged by the app's trusted proxies
             access_log=False,
             log_level="warning",
             backlog=4096,

@@ -16,13 +16,15 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings
 from engine.errors import AuthError, InputError, QueryError, UnavailableError
-from engine.ingest import UNAVAILABLE, client_address
+from engine.ingest import UNAVAILABLE
+from engine.ingest_asgi import FastEventPath
 from engine.live import live_summary, realtime_visitors
 from engine.query import plan_query
 from engine.runtime import Role, Runtime
@@ -82,32 +84,6 @@ def build_app(
                 raise InputError({"body": [f"larger than {limit} bytes"]}, status=413)
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def peer(request: Request) -> str:
-        return client_address(
-            request.client.host if request.client else None,
-            request.headers.get("x-forwarded-for"),
-            settings.trusted_proxies,
-        )
-
-    async def event(request: Request) -> Response:
-        assert runtime.ingestor is not None
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-            result = await runtime.ingestor.event(
-                body, request.headers.get("user-agent"), peer(request)
-            )
-        except InputError as error:
-            return json_response({"errors": error.errors}, error.status)
-        except UnavailableError as error:
-            UNAVAILABLE.inc()
-            return json_response(
-                {"error": str(error)}, 503, {"Retry-After": str(error.retry_after)}
-            )
-        if result.rate_limited and not result.accepted:
-            return json_response({"error": "rate limit exceeded"}, 429, {"Retry-After": "1"})
-        headers = {"x-plausible-dropped": str(result.dropped)} if result.dropped else None
-        return Response(b"ok", 202, media_type="text/plain", headers=headers)
 
     def check_admin(request: Request) -> None:
         token = settings.admin_token
@@ -210,10 +186,8 @@ def build_app(
         Route("/metrics", metrics, methods=["GET"]),
     ]
     if Role.INGEST in runtime.roles:
-        routes += [
-            Route("/api/event", event, methods=["POST"]),
-            Route("/api/import", bulk_import, methods=["POST"]),
-        ]
+        # POST /api/event is served by FastEventPath, ahead of the router.
+        routes.append(Route("/api/import", bulk_import, methods=["POST"]))
     if Role.API in runtime.roles:
         routes += [
             Route("/api/v2/query", query, methods=["POST"]),
@@ -229,6 +203,10 @@ def build_app(
         finally:
             await runtime.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan if manage_lifespan else None)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan if manage_lifespan else None,
+        middleware=[Middleware(FastEventPath, runtime=runtime, settings=settings)],
+    )
     app.state.runtime = runtime
     return app
