@@ -69,6 +69,49 @@ def ddl(events_retention_days: int = 90) -> list[str]:
         ORDER BY (site, toDate(ts), name, ts)
         TTL toDate(ts) + INTERVAL {int(events_retention_days)} DAY
         """,
+        # One row per session version, written by the worker as absolute state (never deltas):
+        # the highest `version` wins, `is_deleted` retires an id (e.g. two sessions merged by a
+        # late event), so a replayed or duplicated row changes nothing. Query with FINAL.
+        """
+        CREATE TABLE IF NOT EXISTS sessions (
+            site LowCardinality(String),
+            session_id UInt64,
+            vid UInt64,
+            start DateTime64(3, 'UTC'),
+            end DateTime64(3, 'UTC'),
+            duration UInt32,
+            pageviews UInt32,
+            events UInt32,
+            interactive_events UInt32,
+            is_bounce UInt8,
+            entry_page String,
+            exit_page String,
+            hostname LowCardinality(String),
+            source LowCardinality(String),
+            referrer String,
+            utm_source String,
+            utm_medium String,
+            utm_campaign String,
+            utm_content String,
+            utm_term String,
+            device LowCardinality(String),
+            browser LowCardinality(String),
+            browser_version LowCardinality(String),
+            os LowCardinality(String),
+            os_version LowCardinality(String),
+            country LowCardinality(String),
+            pages Array(String),
+            names Array(String),
+            hostnames Array(String),
+            prop_keys Array(String),
+            prop_values Array(String),
+            version UInt64,
+            is_deleted UInt8,
+            src_partition UInt16,
+            src_offset UInt64
+        ) ENGINE = ReplacingMergeTree(version, is_deleted)
+        ORDER BY (site, toDate(start), session_id)
+        """,
         """
         CREATE TABLE IF NOT EXISTS rollup_log (
             site LowCardinality(String),
