@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     stats_rate_limit_per_hour: int = 600
     sites_refresh_seconds: float = 2.0
     worker_web_port: int = 6066
+    # RocksDB state of one worker process; two workers on one machine need two directories.
+    worker_data_dir: Path | None = None
     log_level: str = "info"
 
     @field_validator("trusted_proxies")
@@ -87,6 +89,10 @@ class Settings(BaseSettings):
     @property
     def redis_dsn(self) -> str:
         return self.redis_url or f"unix://{self.redis_socket}"
+
+    @property
+    def worker_dir(self) -> Path:
+        return (self.worker_data_dir or self.data_dir / "worker").resolve()
 
     @property
     def chdb_path(self) -> Path:

@@ -50,7 +50,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker": f"kafka://{settings.kafka_bootstrap.replace(',', ';kafka://')}",
         "store": "rocksdb://",
-        "datadir": str(settings.data_dir.resolve() / "worker"),
+        "datadir": str(settings.worker_dir),
         "topic_partitions": settings.topic_partitions,
         "web_enabled": False,
         "broker_session_timeout": 10.0,
