@@ -49,6 +49,11 @@ class Settings(BaseSettings):
 
     # Worker and store
     worker_flush_seconds: float = 1.0
+    # Hits up to this much older than the newest hit of their visitor still shape sessions.
+    session_lateness_seconds: float = 600.0
+    # A visitor's session state is dropped after this long without a hit (wall clock).
+    session_state_idle_seconds: float = 2400.0
+    session_expiry_interval: float = 30.0
     store_flush_seconds: float = 0.5
     events_retention_days: int = 90
     live_window_minutes: int = 30

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -150,7 +151,13 @@ def build_app(
         except QueryError as error:
             QUERIES.labels("400", "").inc()
             return json_response({"error": str(error)}, 400)
-        rows = [await runtime.store.query(sql) for sql in plan.statements]
+        try:
+            rows = [await runtime.store.query(sql) for sql in plan.statements]
+        except Exception as exc:  # the store, not the query, is at fault: say so, don't 500
+            log.warning("query on %s failed: %s", plan.table, exc)
+            QUERIES.labels("503", plan.table).inc()
+            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            return json_response({"error": f"clickhouse: {message}"}, 503, {"Retry-After": "5"})
         answer = plan.render(rows)
         QUERIES.labels("200", plan.table).inc()
         QUERY_SECONDS.labels(plan.table).observe(time.perf_counter() - started)
@@ -163,9 +170,14 @@ def build_app(
         except AuthError as error:
             return json_response({"error": str(error)}, 401)
         assert runtime.redis is not None and site_id is not None
-        if detail:
-            return json_response(await live_summary(runtime.redis, site_id, time.time()))
-        return json_response(await realtime_visitors(runtime.redis, site_id, time.time()))
+        try:
+            if detail:
+                return json_response(await live_summary(runtime.redis, site_id, time.time()))
+            return json_response(await realtime_visitors(runtime.redis, site_id, time.time()))
+        except RedisError as exc:
+            return json_response(
+                {"error": f"live counters unavailable: {exc}"}, 503, {"Retry-After": "5"}
+            )
 
     async def realtime_visitors_endpoint(request: Request) -> Response:
         return await realtime(request, detail=False)

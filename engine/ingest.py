@@ -179,7 +179,8 @@ class Ingestor:
                 continue
             day = dt.datetime.fromtimestamp(ts, dt.UTC).date()
             salt = day_salts.setdefault(day, os.urandom(16))
-            previous = day_salts.get(day - dt.timedelta(days=1))
+            # The day before gets a salt too, so sessions of this import span midnight.
+            previous = day_salts.setdefault(day - dt.timedelta(days=1), os.urandom(16))
             line_result = IngestResult()
             hits.extend(
                 self._hits(event, ts, user_agent, ip, Salts(salt, previous), line_result, False)

@@ -17,7 +17,7 @@ import msgpack
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
 from engine.hits import Hit
 
-ROLLUP_CODEC_VERSION = 1
+ROLLUP_CODEC_VERSION = 2
 ROLLUP_COLUMNS = (
     "site",
     "minute",
@@ -105,18 +105,39 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
     return RollupBatch(columns)
 
 
-def encode_rollups(batch: RollupBatch, src_partition: int, src_offset: int) -> bytes:
+@dataclass
+class WorkerOutput:
+    """Everything the worker derives from one hits message, for the store to write: rollup
+    deltas, absolute session rows, and the hits themselves (with their session's visit
+    attributes), all tagged with the hits message they came from."""
+
+    src_partition: int
+    src_offset: int
+    rollups: RollupBatch
+    sessions: list[dict[str, Any]]
+    hits: list[Hit]
+
+
+def encode_output(output: WorkerOutput) -> bytes:
     body = {
         "v": ROLLUP_CODEC_VERSION,
-        "src": [src_partition, src_offset],
-        "rows": batch.columns,
+        "src": [output.src_partition, output.src_offset],
+        "rows": output.rollups.columns,
+        "sessions": output.sessions,
+        "hits": output.hits,
     }
     return cast(bytes, msgpack.packb(body, use_bin_type=True))
 
 
-def decode_rollups(payload: bytes) -> tuple[int, int, RollupBatch]:
+def decode_output(payload: bytes) -> WorkerOutput:
     body = msgpack.unpackb(payload, raw=False)
     if not isinstance(body, dict) or body.get("v") != ROLLUP_CODEC_VERSION:
-        raise ValueError("not a rollups message of codec version 1")
+        raise ValueError(f"not a worker output message of codec version {ROLLUP_CODEC_VERSION}")
     src_partition, src_offset = body["src"]
-    return int(src_partition), int(src_offset), RollupBatch(body["rows"])
+    return WorkerOutput(
+        int(src_partition),
+        int(src_offset),
+        RollupBatch(body["rows"]),
+        list(body.get("sessions") or []),
+        list(body.get("hits") or []),
+    )

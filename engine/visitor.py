@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from engine.errors import UnavailableError
 
 SALT_BYTES = 16
 SALT_KEY = "rollup:salt:{day}"
@@ -51,8 +54,11 @@ class SaltStore:
         today = now.astimezone(dt.UTC).date()
         if self._cached is not None and self._cached_day == today:
             return self._cached
-        current = await self._get_or_create(today)
-        previous = await self._redis.get(SALT_KEY.format(day=today - dt.timedelta(days=1)))
+        try:
+            current = await self._get_or_create(today)
+            previous = await self._redis.get(SALT_KEY.format(day=today - dt.timedelta(days=1)))
+        except RedisError as exc:
+            raise UnavailableError(f"salt store (Redis) unavailable: {exc}", 5) from exc
         self._cached = Salts(current, _as_bytes(previous) if previous is not None else None)
         self._cached_day = today
         return self._cached

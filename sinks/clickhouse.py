@@ -118,3 +118,28 @@ class EventsSink(Sink[list[Hit]]):
             await self._store.insert_rows("events", rows)
             self._rows = []
         return len(rows)
+
+
+class SessionsSink(Sink[list[dict[str, Any]]]):
+    """Absolute session versions; the worker already shaped them as `sessions` columns."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, item: list[dict[str, Any]], src_partition: int, src_offset: int) -> None:
+        self._rows.extend(item)
+
+    def discard(self) -> None:
+        self._rows = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    async def flush(self) -> int:
+        rows = self._rows
+        if rows:
+            await self._store.insert_rows("sessions", rows)
+            self._rows = []
+        return len(rows)

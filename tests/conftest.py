@@ -90,6 +90,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ROLLUP_WORKER_WEB_PORT": str(free_port()),
         "ROLLUP_ADMIN_TOKEN": "test-admin-token",
         "ROLLUP_SITES_REFRESH_SECONDS": "0.5",
+        # Short enough for a test to see idle session state expire.
+        "ROLLUP_SESSION_STATE_IDLE_SECONDS": "20",
+        "ROLLUP_SESSION_EXPIRY_INTERVAL": "2",
     }
     for name in ("KAFKA_BROKERS", "REDIS_URL", "CLICKHOUSE_URL", "DATABASE_URL"):
         env.pop(name, None)

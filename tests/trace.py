@@ -73,6 +73,7 @@ class TraceHit:
     referrer_url: str
     utm: tuple[str, str, str] | None
     props: dict[str, str]
+    interactive: bool = True
 
     @property
     def url(self) -> str:
@@ -87,6 +88,8 @@ class TraceHit:
             body["referrer"] = self.referrer_url
         if self.props:
             body["props"] = self.props
+        if not self.interactive:
+            body["interactive"] = False
         return body
 
     def import_line(self) -> dict[str, Any]:
@@ -118,16 +121,21 @@ def generate(sites: list[str], now: float, live: int, imported: int, seed: int =
         name = "pageview" if roll < 0.8 else ("Signup" if roll < 0.92 else "engagement")
         props = {"plan": rng.choice(["free", "pro"])} if name == "Signup" else {}
         site = site or rng.choice(sites)
+        ua = ua or rng.choice(agents)
+        ip = rng.choice(addresses)
+        visitor_rng = random.Random(f"{ua}|{ip}")
         return TraceHit(
             site=site,
             ts=ts,
             name=name,
             page=rng.choice(PAGES),
             hostname=rng.choice([site, f"www.{site}", f"shop.{site}"]),
-            ua=ua or rng.choice(agents),
-            ip=rng.choice(addresses),
-            referrer_url=rng.choice(list(REFERRERS)),
-            utm=rng.choice(UTM_CAMPAIGNS),
+            ua=ua,
+            ip=ip,
+            # Visit attributes are the session's first hit's: keep them fixed per visitor so
+            # the oracle does not depend on which concurrent request arrives first.
+            referrer_url=list(REFERRERS)[visitor_rng.randrange(len(REFERRERS))],
+            utm=UTM_CAMPAIGNS[visitor_rng.randrange(len(UTM_CAMPAIGNS))],
             props=props,
         )
 

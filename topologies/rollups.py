@@ -26,8 +26,9 @@ from config import Settings
 from engine.hits import Hit, decode_hits
 from engine.live_keys import LIVE_HORIZON
 from engine.live_state import MinuteState
-from engine.rollup_rows import build_rollup_rows, encode_rollups
+from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from sinks.redis_live import LiveCountersSink, LiveUpdate
+from topologies.session_stage import SessionStage
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,22 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         partitions=settings.topic_partitions,
     ).tumbling(60, expires=dt.timedelta(minutes=65))
 
+    # Per (site, visitor): the events of the sessions that may still change.
+    sessions_table = app.Table(
+        "sessions",
+        default=bytes,
+        key_type=str,
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+    )
+    sessions = SessionStage(
+        sessions_table, settings.session_lateness_seconds, settings.session_state_idle_seconds
+    )
+
+    @app.timer(interval=settings.session_expiry_interval)  # type: ignore[untyped-decorator]
+    async def expire_sessions() -> None:
+        sessions.expire()
+
     @app.agent(hits_topic, name="rollups")
     async def rollups(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(  # type: ignore[attr-defined]
@@ -137,15 +154,22 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                         "skipping undecodable hits message %s/%s", message.partition, message.offset
                     )
                     continue
-                batch = build_rollup_rows(hits)
-                if len(batch):
-                    sends.append(
-                        await rollups_topic.send(
-                            key=str(message.partition).encode(),
-                            value=encode_rollups(batch, message.partition, message.offset),
-                            partition=message.partition,
-                        )
+                with event_context(event):
+                    session_rows, hits = sessions.process(hits, message.partition, message.offset)
+                output = WorkerOutput(
+                    message.partition,
+                    message.offset,
+                    build_rollup_rows(hits),
+                    session_rows,
+                    hits,
+                )
+                sends.append(
+                    await rollups_topic.send(
+                        key=str(message.partition).encode(),
+                        value=encode_output(output),
+                        partition=message.partition,
                     )
+                )
                 with event_context(event):
                     for site, site_hits in live_hits(hits, message.timestamp).items():
                         window = live_minutes[site]

@@ -4,6 +4,10 @@
     rows = [client.query(s).result_rows for s in plan.statements]
     response = plan.render(rows)
 
+Event metrics read the cheapest exact event table (a rollup level or `events`), session metrics
+the `sessions` table; a query mixing both runs one statement per family and `plan.table`
+(`meta.table`) reads "<event table>+sessions", e.g. "rollup_day+sessions" (planner.py).
+
 Pure: no I/O and no clock; every invalid query raises engine.errors.QueryError.
 """
 

@@ -24,20 +24,20 @@ def compile_filters(filters: Sequence[Filter], column_of: ColumnOf) -> str | Non
     """The AND of the top-level filters, or None when there are none."""
     if not filters:
         return None
-    return _join("AND", [compile_filter(f, column_of) for f in filters])
+    return join_sql("AND", [compile_filter(f, column_of) for f in filters])
 
 
 def compile_filter(node: Filter, column_of: ColumnOf) -> str:
     if isinstance(node, And):
-        return _join("AND", [compile_filter(c, column_of) for c in node.children])
+        return join_sql("AND", [compile_filter(c, column_of) for c in node.children])
     if isinstance(node, Or):
-        return _join("OR", [compile_filter(c, column_of) for c in node.children])
+        return join_sql("OR", [compile_filter(c, column_of) for c in node.children])
     if isinstance(node, Not):
         return f"NOT ({compile_filter(node.child, column_of)})"
-    return _condition(node, column_of(node.dimension))
+    return condition_sql(node, column_of(node.dimension))
 
 
-def _join(op: str, parts: list[str]) -> str:
+def join_sql(op: str, parts: list[str]) -> str:
     if len(parts) == 1:
         return parts[0]
     return "(" + f" {op} ".join(f"({p})" for p in parts) + ")"
@@ -51,7 +51,8 @@ def matches_empty(cond: Condition) -> bool:
     return lab.lower() in (v.lower() for v in cond.values)
 
 
-def _condition(cond: Condition, column: str) -> str:
+def condition_sql(cond: Condition, column: str) -> str:
+    """One condition on the String expression `column`."""
     values = cond.values
     if cond.op in ("is", "is_not"):
         if cond.case_sensitive:

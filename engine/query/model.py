@@ -12,19 +12,28 @@ from typing import Any, Final, Literal, TypeAlias
 from engine.dimensions import FIELD_OF, TIME_DIMENSIONS
 from engine.errors import QueryError
 
-SUPPORTED_METRICS: Final[tuple[str, ...]] = ("visitors", "pageviews", "events", "percentage")
-PENDING_METRICS: Final[tuple[str, ...]] = (
+# Metrics read from the events table or a rollup ("event metrics") and from the sessions table.
+EVENT_METRICS: Final[tuple[str, ...]] = ("visitors", "pageviews", "events", "percentage")
+SESSION_METRICS: Final[tuple[str, ...]] = (
     "visits",
     "bounce_rate",
     "visit_duration",
     "views_per_visit",
+)
+SUPPORTED_METRICS: Final[tuple[str, ...]] = EVENT_METRICS + SESSION_METRICS
+PENDING_METRICS: Final[tuple[str, ...]] = (
     "lcp_p75",
     "inp_p75",
     "ttfb_p75",
     "fcp_p75",
     "cls_p75",
 )
-PENDING_DIMENSIONS: Final[tuple[str, ...]] = ("visit:entry_page", "visit:exit_page")
+# Dimensions only the sessions table knows: API name -> its column there.
+SESSION_DIMENSIONS: Final[dict[str, str]] = {
+    "visit:entry_page": "entry_page",
+    "visit:exit_page": "exit_page",
+}
+PENDING_DIMENSIONS: Final[tuple[str, ...]] = ()
 PROPS_PREFIX: Final[str] = "event:props:"
 FILTER_OPS: Final[tuple[str, ...]] = ("is", "is_not", "contains", "contains_not")
 LOGICAL_OPS: Final[tuple[str, ...]] = ("and", "or", "not")
@@ -46,7 +55,8 @@ Direction: TypeAlias = Literal["asc", "desc"]
 
 @dataclass(frozen=True)
 class Condition:
-    """`[op, dimension, values]`: op in FILTER_OPS, dimension a FIELD_OF key or event:props:*."""
+    """`[op, dimension, values]`: op in FILTER_OPS; dimension a FIELD_OF or SESSION_DIMENSIONS
+    key, or event:props:*."""
 
     op: str
     dimension: str
@@ -102,6 +112,11 @@ def is_props(dimension: str) -> bool:
 
 def prop_key(dimension: str) -> str:
     return dimension[len(PROPS_PREFIX) :]
+
+
+def is_event_dimension(dimension: str) -> bool:
+    """event:page, event:name, event:hostname, event:props:* (a session holds a set of each)."""
+    return dimension.startswith("event:")
 
 
 def filter_dimensions(filters: Sequence[Filter]) -> set[str]:
@@ -198,7 +213,7 @@ def check_dimension(name: Any, where: str, *, allow_time: bool) -> str:
         raise QueryError(f"{where}: must be a string")
     if name in PENDING_DIMENSIONS:
         raise QueryError(f"dimension {name!r} is not supported yet")
-    if name in FIELD_OF:
+    if name in FIELD_OF or name in SESSION_DIMENSIONS:
         return name
     if name in TIME_DIMENSIONS:
         if not allow_time:

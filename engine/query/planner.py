@@ -1,5 +1,9 @@
 """The planner: pick the cheapest table that answers a query exactly, and write its SQL.
 
+Metrics come in two families. Event metrics (visitors, pageviews, events, percentage) read the
+events table or a rollup; session metrics (visits, bounce_rate, visit_duration,
+views_per_visit) read the sessions table (see engine/query/sessions.py for its rules).
+
 A rollup table holds, per (site, time bucket, dim, value), the counts of the hits whose
 dimension `dim` had `value` (dim '' is the per-site total). It answers a query exactly when
 at most one non-time dimension appears across dimensions and filters (then every counted hit
@@ -13,6 +17,18 @@ lies in exactly one of that dimension's rows) and the range and time buckets fit
 - events: everything else (event:props:*, two or more dimensions, ranges to the second).
 
 Preference: day > hour > minute > events.
+
+Which tables a query reads (`QueryPlan.table`, echoed as `meta.table`):
+- event metrics only: the cheapest event table, e.g. "rollup_day".
+- session metrics only: "sessions".
+- visit:entry_page or visit:exit_page anywhere (dimensions or filters): only the sessions table
+  knows them, so every metric is read from it, "sessions": visitors are the distinct visitors
+  of the counted sessions, pageviews and events the sums of the sessions' counts (a session
+  counts under each row it falls in), percentage the share of those visitors.
+- both families otherwise: one statement per family, joined on the dimension values in render
+  (a row missing from one family gets 0 for its metrics; order, pagination and total_rows are
+  applied to the joined rows in Python). The table reads "<event table>+sessions", e.g.
+  "rollup_day+sessions"; `table=` forces one of these names.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ from engine.dimensions import (
     empty_label,
 )
 from engine.errors import QueryError
-from engine.query import sql
+from engine.query import sessions, sql
 from engine.query.dates import (
     DateRange,
     Granularity,
@@ -44,6 +60,9 @@ from engine.query.dates import (
 )
 from engine.query.filters import ColumnOf, compile_filters
 from engine.query.model import (
+    EVENT_METRICS,
+    SESSION_DIMENSIONS,
+    SESSION_METRICS,
     Direction,
     Query,
     filter_dimensions,
@@ -53,8 +72,15 @@ from engine.query.model import (
 )
 from engine.query.render import render
 
-TABLES: Final[tuple[str, ...]] = ("rollup_day", "rollup_hour", "rollup_minute", "events")
-# Internal metric columns, in SELECT order when needed.
+TABLES: Final[tuple[str, ...]] = (
+    "rollup_day",
+    "rollup_hour",
+    "rollup_minute",
+    "events",
+    sessions.TABLE,
+)
+MIXED_SUFFIX: Final[str] = "+" + sessions.TABLE
+# Internal metric columns of an event-table statement, in SELECT order when needed.
 BASE_METRICS: Final[tuple[str, ...]] = ("visitors", "pageviews", "events")
 _EVENT_AGGREGATES: Final[dict[str, str]] = {
     "visitors": "uniqCombined64(vid)",
@@ -66,28 +92,59 @@ _ROLLUP_AGGREGATES: Final[dict[str, str]] = {
     "pageviews": "sum(pageviews)",
     "events": "sum(events)",
 }
+_EVENT_ORDER: Final[dict[str, str]] = {
+    "visitors": "m_visitors",
+    "percentage": "m_visitors",
+    "pageviews": "m_pageviews",
+    "events": "m_events",
+}
 _TIME_COLUMN: Final[dict[str, str]] = {
     "rollup_minute": "minute",
     "rollup_hour": "hour",
     "events": "ts",
+    sessions.TABLE: "start",
 }
 _SQL_FORMAT: Final[dict[str, str]] = {"minute": "%Y-%m-%d %H:%i:00", "hour": "%Y-%m-%d %H:00:00"}
 
 
 @dataclass(frozen=True)
+class Part:
+    """The statements of one table: the rows, and optionally a visitors total and a row count."""
+
+    table: str
+    metrics: tuple[str, ...]  # the query's metrics this part answers
+    columns: tuple[str, ...]  # internal metric columns after the dimension columns
+    main_index: int  # statement giving the rows
+    total_index: int | None = None  # statement giving the visitors total (percentage)
+    count_index: int | None = None  # statement giving total_rows
+
+
+@dataclass(frozen=True)
 class QueryPlan:
     site_id: str
-    table: str
+    table: str  # the table(s) read, as `meta.table` shows them
     statements: list[str]
     query: Query
     date_range: DateRange
     granularity: Granularity | None  # of the time dimension, if any
     order_by: list[tuple[str, Direction]]  # resolved, as echoed
-    columns: tuple[str, ...]  # metric columns after the dimension columns, in SELECT order
-    candidates: tuple[str, ...]  # every table that could answer, cheapest first
+    candidates: tuple[str, ...]  # every table (name) that could answer, cheapest first
+    parts: tuple[Part, ...]  # one per table read
+    merged: bool = False  # two parts: join, order and paginate their rows in render
     labels: list[str] | None = None  # include.time_labels
-    total_index: int | None = None  # statement giving the visitors total (percentage)
-    count_index: int | None = None  # statement giving total_rows
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The metric columns of the first part's rows (after the dimension columns)."""
+        return self.parts[0].columns
+
+    @property
+    def total_index(self) -> int | None:
+        return next((p.total_index for p in self.parts if p.total_index is not None), None)
+
+    @property
+    def count_index(self) -> int | None:
+        return next((p.count_index for p in self.parts if p.count_index is not None), None)
 
     def render(self, rows_per_statement: list[list[tuple[Any, ...]]]) -> dict[str, Any]:
         """The response, from the rows of each statement (in `statements` order)."""
@@ -108,24 +165,51 @@ def plan_query(
     dr = resolve_date_range(query.date_range, tz, now, first_day)
     time_dim = query.time_dimension
     gran = granularity(time_dim, dr) if time_dim else None
-    candidates = candidate_tables(query, dr, gran)
+
+    event_metrics = tuple(m for m in query.metrics if m in EVENT_METRICS)
+    session_metrics = tuple(m for m in query.metrics if m in SESSION_METRICS)
+    needs_sessions = any(
+        d in SESSION_DIMENSIONS for d in (*query.dimensions, *filter_dimensions(query.filters))
+    )
+    if needs_sessions or not event_metrics:
+        candidates = [sessions.TABLE]
+    elif not session_metrics:
+        candidates = candidate_tables(query, dr, gran)
+    else:
+        candidates = [t + MIXED_SUFFIX for t in candidate_tables(query, dr, gran)]
     if table is None:
         table = candidates[0]
     elif table not in candidates:
         raise ValueError(f"table {table!r} cannot answer this query (candidates: {candidates})")
 
     order = _resolve_order(query)
-    wanted = set(query.metrics) | ({"visitors"} if "percentage" in query.metrics else set())
-    columns = tuple(m for m in BASE_METRICS if m in wanted)
-    select = _Select(query, dr, gran, table)
-    statements = [select.main(columns, order)]
-    total_index = count_index = None
-    if "percentage" in query.metrics:
-        total_index = len(statements)
-        statements.append(select.aggregate_only("visitors"))
-    if query.total_rows and query.dimensions:
-        count_index = len(statements)
-        statements.append(select.count())
+    merged = table.endswith(MIXED_SUFFIX)
+    paginate = not merged
+    statements: list[str] = []
+    parts: list[Part] = []
+    if table == sessions.TABLE:
+        parts.append(_session_part(query, dr, gran, query.metrics, order, statements, paginate))
+    else:
+        event_table = table.removesuffix(MIXED_SUFFIX)
+        select = _event_select(query, dr, gran, event_table)
+        wanted = set(event_metrics) | ({"visitors"} if "percentage" in event_metrics else set())
+        columns = tuple(m for m in BASE_METRICS if m in wanted)
+        main_index = len(statements)
+        statements.append(select.main(columns, order, paginate=paginate))
+        total_index = count_index = None
+        if "percentage" in event_metrics:
+            total_index = len(statements)
+            statements.append(select.aggregate_only("visitors"))
+        if paginate and query.total_rows and query.dimensions:
+            count_index = len(statements)
+            statements.append(select.count())
+        parts.append(
+            Part(event_table, event_metrics, columns, main_index, total_index, count_index)
+        )
+        if merged:
+            parts.append(
+                _session_part(query, dr, gran, session_metrics, order, statements, paginate)
+            )
     return QueryPlan(
         site_id=query.site_id,
         table=table,
@@ -134,12 +218,36 @@ def plan_query(
         date_range=dr,
         granularity=gran,
         order_by=order,
-        columns=columns,
         candidates=tuple(candidates),
+        parts=tuple(parts),
+        merged=merged,
         labels=time_labels(dr, gran) if query.time_labels and gran else None,
-        total_index=total_index,
-        count_index=count_index,
     )
+
+
+def _session_part(
+    query: Query,
+    dr: DateRange,
+    gran: Granularity | None,
+    metrics: tuple[str, ...],
+    order: list[tuple[str, Direction]],
+    statements: list[str],
+    paginate: bool,
+) -> Part:
+    """Append the sessions statements for `metrics` to `statements`."""
+    select = _session_select(query, dr, gran)
+    wanted = {c for m in metrics for c in sessions.NEEDS[m]}  # order_by names only these
+    columns = tuple(c for c in sessions.COLUMN_ORDER if c in wanted)
+    main_index = len(statements)
+    statements.append(select.main(columns, order, paginate=paginate))
+    total_index = count_index = None
+    if "percentage" in metrics:
+        total_index = len(statements)
+        statements.append(select.aggregate_only("visitors"))
+    if paginate and query.total_rows and query.dimensions:
+        count_index = len(statements)
+        statements.append(select.count())
+    return Part(sessions.TABLE, metrics, columns, main_index, total_index, count_index)
 
 
 def candidate_tables(query: Query, dr: DateRange, gran: Granularity | None) -> list[str]:
@@ -185,46 +293,21 @@ def _resolve_order(query: Query) -> list[tuple[str, Direction]]:
 class _Select:
     """The pieces of one table's SELECT for a query."""
 
-    def __init__(self, query: Query, dr: DateRange, gran: Granularity | None, table: str) -> None:
+    def __init__(
+        self,
+        query: Query,
+        source: str,
+        where: str,
+        labels: list[str],
+        aggregates: Mapping[str, str],
+        order_expression: Mapping[str, str],
+    ) -> None:
         self.query = query
-        self.table = table
-        tz = sql.string(dr.tz.key)
-        conds = [f"site = {sql.string(query.site_id)}"]
-        column_of: ColumnOf
-        if table == "events":
-            self.aggregates = _EVENT_AGGREGATES
-            conds.append(f"name NOT IN ({sql.string_list(sorted(SESSION_ONLY_EVENTS))})")
-            conds.append(f"ts >= {sql.datetime_literal(dr.start, precision=3)}")
-            conds.append(f"ts < {sql.datetime_literal(dr.end, precision=3)}")
-            column_of = _event_column
-        else:
-            self.aggregates = _ROLLUP_AGGREGATES
-            plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
-            dim = next(iter(plain)) if plain else TOTAL
-            conds.append(f"dim = {sql.string(dim)}")
-            if table == "rollup_day":
-                conds.append(f"day >= {sql.date_literal(dr.local_start_date)}")
-                conds.append(f"day < {sql.date_literal(dr.local_end_date)}")
-            else:
-                col = _TIME_COLUMN[table]
-                conds.append(f"{col} >= {sql.datetime_literal(dr.start)}")
-                conds.append(f"{col} < {sql.datetime_literal(dr.end)}")
-
-            def column_of(dimension: str) -> str:
-                return "value"
-
-        where = compile_filters(query.filters, column_of)
-        if where is not None:
-            conds.append(where)
-        self.where = " AND ".join(conds)
-        self.labels: list[str] = []
-        for d in query.dimensions:
-            if d in TIME_DIMENSIONS:
-                assert gran is not None
-                self.labels.append(_time_label(table, gran, tz))
-            else:
-                col = column_of(d)
-                self.labels.append(f"if({col} = '', {sql.string(empty_label(d))}, {col})")
+        self.source = source  # FROM ...
+        self.where = where
+        self.labels = labels  # one SQL expression per dimension
+        self.aggregates = aggregates  # internal column -> aggregate
+        self.order_expression = order_expression  # metric -> ORDER BY expression of m_* aliases
 
     def _group_by(self) -> str:
         if not self.labels:
@@ -234,19 +317,19 @@ class _Select:
     def _dims_select(self) -> list[str]:
         return [f"{expr} AS d{i}" for i, expr in enumerate(self.labels)]
 
-    def main(self, columns: tuple[str, ...], order: list[tuple[str, Direction]]) -> str:
+    def main(
+        self, columns: tuple[str, ...], order: list[tuple[str, Direction]], *, paginate: bool
+    ) -> str:
+        """The rows; ordered and paginated in SQL unless `paginate` is False."""
         parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
-        stmt = f"SELECT {', '.join(parts)} FROM {self.table} WHERE {self.where}{self._group_by()}"
-        if not self.labels:
+        stmt = f"SELECT {', '.join(parts)} FROM {self.source} WHERE {self.where}{self._group_by()}"
+        if not self.labels or not paginate:
             return stmt
         dims = self.query.dimensions
         keys: list[str] = []
         for name, direction in order:
-            if name in dims:
-                alias = f"d{dims.index(name)}"
-            else:
-                alias = "m_visitors" if name == "percentage" else f"m_{name}"
-            keys.append(f"{alias} {direction.upper()}")
+            expr = f"d{dims.index(name)}" if name in dims else self.order_expression[name]
+            keys.append(f"{expr} {direction.upper()}")
         named = {n for n, _ in order}
         keys += [f"d{i} ASC" for i, d in enumerate(dims) if d not in named]
         return (
@@ -255,14 +338,69 @@ class _Select:
         )
 
     def aggregate_only(self, metric: str) -> str:
-        return f"SELECT {self.aggregates[metric]} FROM {self.table} WHERE {self.where}"
+        return f"SELECT {self.aggregates[metric]} FROM {self.source} WHERE {self.where}"
 
     def count(self) -> str:
         inner = (
-            f"SELECT {', '.join(self._dims_select())} FROM {self.table} "
+            f"SELECT {', '.join(self._dims_select())} FROM {self.source} "
             f"WHERE {self.where}{self._group_by()}"
         )
         return f"SELECT count() FROM ({inner})"
+
+
+def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: str) -> _Select:
+    tz = sql.string(dr.tz.key)
+    conds = [f"site = {sql.string(query.site_id)}"]
+    column_of: ColumnOf
+    if table == "events":
+        aggregates = _EVENT_AGGREGATES
+        conds.append(f"name NOT IN ({sql.string_list(sorted(SESSION_ONLY_EVENTS))})")
+        conds.append(f"ts >= {sql.datetime_literal(dr.start, precision=3)}")
+        conds.append(f"ts < {sql.datetime_literal(dr.end, precision=3)}")
+        column_of = _event_column
+    else:
+        aggregates = _ROLLUP_AGGREGATES
+        plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
+        dim = next(iter(plain)) if plain else TOTAL
+        conds.append(f"dim = {sql.string(dim)}")
+        if table == "rollup_day":
+            conds.append(f"day >= {sql.date_literal(dr.local_start_date)}")
+            conds.append(f"day < {sql.date_literal(dr.local_end_date)}")
+        else:
+            col = _TIME_COLUMN[table]
+            conds.append(f"{col} >= {sql.datetime_literal(dr.start)}")
+            conds.append(f"{col} < {sql.datetime_literal(dr.end)}")
+
+        def column_of(dimension: str) -> str:
+            return "value"
+
+    where = compile_filters(query.filters, column_of)
+    if where is not None:
+        conds.append(where)
+    labels: list[str] = []
+    for d in query.dimensions:
+        if d in TIME_DIMENSIONS:
+            assert gran is not None
+            labels.append(_time_label(table, gran, tz))
+        else:
+            col = column_of(d)
+            labels.append(f"if({col} = '', {sql.string(empty_label(d))}, {col})")
+    return _Select(query, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER)
+
+
+def _session_select(query: Query, dr: DateRange, gran: Granularity | None) -> _Select:
+    time_label = (
+        _time_label(sessions.TABLE, gran, sql.string(dr.tz.key)) if gran is not None else None
+    )
+    src = sessions.SessionSource(
+        query,
+        sql.datetime_literal(dr.start, precision=3),
+        sql.datetime_literal(dr.end, precision=3),
+        time_label,
+    )
+    return _Select(
+        query, src.source, src.where, src.labels, sessions.AGGREGATES, sessions.ORDER_EXPRESSION
+    )
 
 
 def _event_column(dimension: str) -> str:

@@ -1,11 +1,54 @@
-"""Rows from ClickHouse to the Stats API v2 response."""
+"""Rows from ClickHouse to the Stats API v2 response.
+
+Session metrics are computed here from integer aggregates, rounding halves up:
+bounce_rate = round(100 * bounces / visits), visit_duration = round(duration / visits) (the
+duration sum counts bounces as 0), views_per_visit = round(pageviews / visits, 2); each is 0
+without visits. sessions.ORDER_EXPRESSION computes the same numbers in SQL.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.query.planner import QueryPlan
+    from engine.query.model import Direction
+    from engine.query.planner import Part, QueryPlan
+
+Key = tuple[str, ...]
+Values = dict[str, int]  # internal column -> value, of one part's row
+
+
+def half_up(numerator: int, denominator: int) -> int:
+    """round(numerator / denominator) with halves up, for numerator >= 0; 0 for denominator 0."""
+    if denominator <= 0:
+        return 0
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def metric_value(metric: str, values: Values, total_visitors: int) -> int | float:
+    """The rendered value of `metric` from its part's columns."""
+    if metric == "percentage":
+        visitors = values.get("visitors", 0)
+        return round(100.0 * visitors / total_visitors, 1) if total_visitors else 0.0
+    visits = values.get("visits", 0)
+    if metric == "bounce_rate":
+        return half_up(100 * values.get("bounces", 0), visits)
+    if metric == "visit_duration":
+        return half_up(values.get("duration", 0), visits)
+    if metric == "views_per_visit":
+        return half_up(100 * values.get("pageviews", 0), visits) / 100
+    return values.get(metric, 0)
+
+
+def _sort_value(metric: str, values: Values) -> int | float:
+    """What a metric sorts by: its value (views_per_visit in hundredths), visitors for
+    percentage; as the ORDER BY of a single table."""
+    if metric == "percentage":
+        return values.get("visitors", 0)
+    if metric == "views_per_visit":
+        return half_up(100 * values.get("pageviews", 0), values.get("visits", 0))
+    return metric_value(metric, values, 0)
 
 
 def render(plan: QueryPlan, rows_per_statement: list[list[tuple[Any, ...]]]) -> dict[str, Any]:
@@ -16,34 +59,48 @@ def render(plan: QueryPlan, rows_per_statement: list[list[tuple[Any, ...]]]) -> 
         )
     query = plan.query
     n_dims = len(query.dimensions)
-    main = rows_per_statement[0]
-    total_visitors = 0
-    if plan.total_index is not None:
-        total_rows_of = rows_per_statement[plan.total_index]
-        total_visitors = int(total_rows_of[0][0]) if total_rows_of else 0
+    part_of = {m: i for i, part in enumerate(plan.parts) for m in part.metrics}
+    totals = [_total_visitors(part, rows_per_statement) for part in plan.parts]
 
-    if n_dims == 0 and not main:
-        main = [tuple(0 for _ in plan.columns)]
+    per_part: list[dict[Key, Values]] = []
+    order: list[Key] = []  # keys in the order rows arrived (the SQL order of a single part)
+    for part in plan.parts:
+        rows: dict[Key, Values] = {}
+        for row in rows_per_statement[part.main_index]:
+            key = tuple(str(d) for d in row[:n_dims])
+            rows[key] = {c: int(v) for c, v in zip(part.columns, row[n_dims:], strict=True)}
+            if all(key not in other for other in per_part):
+                order.append(key)
+        per_part.append(rows)
+    if n_dims == 0 and not order:
+        order = [()]
+
+    keys = order
+    total_rows: int | None = None
+    if plan.merged:
+        keys = _sorted(order, per_part, part_of, plan.order_by, query.dimensions)
+        total_rows = len(keys)
+        if n_dims:
+            keys = keys[query.offset : query.offset + query.limit]
+
     results: list[dict[str, Any]] = []
-    for row in main:
-        values = dict(zip(plan.columns, row[n_dims:], strict=True))
+    for key in keys:
         metrics: list[Any] = []
         for m in query.metrics:
-            if m == "percentage":
-                visitors = int(values["visitors"])
-                share = round(100.0 * visitors / total_visitors, 1) if total_visitors else 0.0
-                metrics.append(share)
-            else:
-                metrics.append(int(values[m]))
-        results.append({"metrics": metrics, "dimensions": [str(d) for d in row[:n_dims]]})
+            i = part_of[m]
+            metrics.append(metric_value(m, per_part[i].get(key, {}), totals[i]))
+        results.append({"metrics": metrics, "dimensions": list(key)})
 
     meta: dict[str, Any] = {"table": plan.table}
     if query.total_rows:
-        if plan.count_index is not None:
-            counted = rows_per_statement[plan.count_index]
-            meta["total_rows"] = int(counted[0][0]) if counted else 0
-        else:
-            meta["total_rows"] = len(results)
+        if total_rows is None:
+            count_index = plan.count_index
+            if count_index is not None:
+                counted = rows_per_statement[count_index]
+                total_rows = int(counted[0][0]) if counted else 0
+            else:
+                total_rows = len(results)
+        meta["total_rows"] = total_rows
     if plan.labels is not None:
         meta["time_labels"] = list(plan.labels)
 
@@ -61,3 +118,44 @@ def render(plan: QueryPlan, rows_per_statement: list[list[tuple[Any, ...]]]) -> 
             "pagination": {"limit": query.limit, "offset": query.offset},
         },
     }
+
+
+def _total_visitors(part: Part, rows_per_statement: list[list[tuple[Any, ...]]]) -> int:
+    if part.total_index is None:
+        return 0
+    rows = rows_per_statement[part.total_index]
+    return int(rows[0][0]) if rows else 0
+
+
+def _sorted(
+    keys: list[Key],
+    per_part: list[dict[Key, Values]],
+    part_of: dict[str, int],
+    order_by: list[tuple[str, Direction]],
+    dimensions: tuple[str, ...],
+) -> list[Key]:
+    """The joined rows in the order a single table's SQL would give: the order_by keys, then
+    the remaining dimensions ascending (labels compare as ClickHouse compares UTF-8 bytes)."""
+    out = list(keys)
+    named = {n for n, _ in order_by}
+    full = list(order_by) + [(d, "asc") for d in dimensions if d not in named]
+    for name, direction in reversed(full):  # stable sorts, least significant key first
+        if name in dimensions:
+            out.sort(key=_by_label(dimensions.index(name)), reverse=direction == "desc")
+        else:
+            out.sort(key=_by_metric(name, per_part[part_of[name]]), reverse=direction == "desc")
+    return out
+
+
+def _by_label(i: int) -> Callable[[Key], str]:
+    def key(k: Key) -> str:
+        return k[i]
+
+    return key
+
+
+def _by_metric(metric: str, rows: dict[Key, Values]) -> Callable[[Key], int | float]:
+    def key(k: Key) -> int | float:
+        return _sort_value(metric, rows.get(k, {}))
+
+    return key

@@ -1,11 +1,12 @@
-"""The store writer: consumes `rollups` and `hits` and inserts them into ClickHouse.
+"""The store writer: consumes the worker's output topic and inserts into ClickHouse.
 
 Exactly-once without transactions: every inserted row carries its source (hits partition,
-offset) and the writer skips any source message at or below the highest one already stored.
-Offsets are committed to Kafka only after the insert, but correctness rests on ClickHouse's
-own record: after a crash anywhere between the two, the replayed messages are recognised.
-Rollup messages of one hits partition arrive in hits-offset order because the worker sends
-them to the rollups partition of the same number, in order.
+offset), and for each table the writer skips any source message at or below the highest one
+that table already holds. Offsets are committed to Kafka only after the inserts, but
+correctness rests on ClickHouse's own record: after a crash anywhere in between, replayed
+messages are recognised. Worker output for one hits partition arrives in hits-offset order
+because the worker writes it to the output partition of the same number, in order.
+Session rows are absolute versions (ReplacingMergeTree), so they are idempotent anyway.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -21,11 +23,10 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from config import Settings
-from engine.hits import decode_hits
-from engine.rollup_rows import decode_rollups
+from engine.rollup_rows import WorkerOutput, decode_output
 from engine.store.client import Store
 from sinks.base import Sink
-from sinks.clickhouse import EventsSink, RollupLogSink
+from sinks.clickhouse import EventsSink, RollupLogSink, SessionsSink
 
 log = logging.getLogger(__name__)
 
@@ -35,49 +36,63 @@ REPLAYS_SKIPPED = Counter(
     "Source messages skipped because ClickHouse already holds them",
     ["table"],
 )
-BAD_MESSAGES = Counter("rollup_store_bad_messages_total", "Undecodable messages", ["table"])
+BAD_MESSAGES = Counter("rollup_store_bad_messages_total", "Undecodable worker output messages")
 INSERT_FAILURES = Counter("rollup_store_insert_failures_total", "Failed inserts", ["table"])
 APPLIED_OFFSET = Gauge(
     "rollup_store_applied_offset", "Highest hits offset stored", ["table", "partition"]
 )
 
 
+@dataclass
+class Target:
+    """One ClickHouse table fed from the worker output, with its own replay guard."""
+
+    table: str
+    sink: Sink[Any]
+    extract: Callable[[WorkerOutput], Any]
+    applied: dict[int, int] = field(default_factory=dict)
+
+
 class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, loop: _WriterLoop) -> None:
-        self._loop = loop
+    def __init__(self, writer: StoreWriter) -> None:
+        self._writer = writer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         return None
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self._loop.reload_applied()
+        await self._writer.reload_applied()
 
 
-class _WriterLoop:
-    """One topic → one ClickHouse table, with the replay guard described above."""
+class StoreWriter:
+    """Runs in the process that owns the store (`rollup api`, or `serve` in the embedded stack)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        topic: str,
-        table: str,
-        sink: Sink[Any],
-        decode: Callable[[bytes, int, int], tuple[int, int, Any]],
-    ) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.topic = topic
-        self.table = table
-        self.sink = sink
-        self.decode = decode
-        self.applied: dict[int, int] = {}
-        self.consumer: AIOKafkaConsumer | None = None
+        self.targets = [
+            Target("events", EventsSink(store), lambda out: out.hits),
+            Target("rollup_log", RollupLogSink(store), lambda out: out.rollups),
+            Target("sessions", SessionsSink(store), lambda out: out.sessions),
+        ]
         self.healthy = False
         self.last_error = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.reload_applied()
+        self._task = asyncio.create_task(self.run(), name="store-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     async def reload_applied(self) -> None:
-        self.applied = await self.store.applied_offsets(self.table)
+        for target in self.targets:
+            target.applied = await self.store.applied_offsets(target.table)
 
     async def run(self) -> None:
         while True:
@@ -88,13 +103,15 @@ class _WriterLoop:
             except Exception as exc:  # keep the writer alive; Kafka redelivers
                 self.healthy = False
                 self.last_error = str(exc)[:300]
-                log.warning("store writer for %s restarting after: %s", self.table, exc)
+                log.warning("store writer restarting after: %s", exc)
+                for target in self.targets:
+                    target.sink.discard()
                 await asyncio.sleep(2.0)
 
     async def _consume(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=f"{self.settings.app_id}-store-{self.table}",
+            group_id=f"{self.settings.app_id}-store",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
@@ -102,101 +119,53 @@ class _WriterLoop:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
-        self.consumer = consumer
         await consumer.start()
         try:
-            consumer.subscribe([self.topic], listener=_Reload(self))
+            consumer.subscribe([self.settings.rollups_topic], listener=_Reload(self))
             while True:
                 batches = await consumer.getmany(
                     timeout_ms=int(self.settings.store_flush_seconds * 1000), max_records=2000
                 )
                 self.healthy = True
-                if not batches:
-                    continue
-                await self._apply(consumer, batches)
+                if batches:
+                    await self._apply(consumer, batches)
         finally:
-            self.consumer = None
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
 
     async def _apply(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, Any]) -> None:
-        newest: dict[int, int] = {}
+        newest: dict[str, dict[int, int]] = {target.table: {} for target in self.targets}
         for records in batches.values():
             for record in records:
                 try:
-                    src_partition, src_offset, item = self.decode(
-                        record.value, record.partition, record.offset
-                    )
+                    output = decode_output(record.value)
                 except Exception:
-                    BAD_MESSAGES.labels(self.table).inc()
-                    log.exception("undecodable message %s/%s", record.partition, record.offset)
+                    BAD_MESSAGES.inc()
+                    log.exception("undecodable output %s/%s", record.partition, record.offset)
                     continue
-                if src_offset <= max(
-                    self.applied.get(src_partition, -1), newest.get(src_partition, -1)
-                ):
-                    REPLAYS_SKIPPED.labels(self.table).inc()
-                    continue
-                self.sink.add(item, src_partition, src_offset)
-                newest[src_partition] = src_offset
-        rows = 0
-        for attempt in range(3):
-            try:
-                rows = await self.sink.flush()
-                break
-            except Exception:
-                INSERT_FAILURES.labels(self.table).inc()
-                if attempt == 2:
-                    # Uncommitted: the consumer restarts and Kafka delivers these again.
-                    self.sink.discard()
-                    raise
-                await asyncio.sleep(0.5 * (attempt + 1))
-        ROWS_WRITTEN.labels(self.table).inc(rows)
-        for partition, offset in newest.items():
-            self.applied[partition] = offset
-            APPLIED_OFFSET.labels(self.table, str(partition)).set(offset)
+                p, o = output.src_partition, output.src_offset
+                for target in self.targets:
+                    seen = newest[target.table]
+                    if o <= max(target.applied.get(p, -1), seen.get(p, -1)):
+                        REPLAYS_SKIPPED.labels(target.table).inc()
+                        continue
+                    target.sink.add(target.extract(output), p, o)
+                    seen[p] = o
+        for target in self.targets:
+            rows = await self._flush(target)
+            ROWS_WRITTEN.labels(target.table).inc(rows)
+            for partition, offset in newest[target.table].items():
+                target.applied[partition] = offset
+                APPLIED_OFFSET.labels(target.table, str(partition)).set(offset)
         await consumer.commit()
 
-
-def _decode_rollups(value: bytes, partition: int, offset: int) -> tuple[int, int, Any]:
-    return decode_rollups(value)
-
-
-def _decode_hits(value: bytes, partition: int, offset: int) -> tuple[int, int, Any]:
-    return partition, offset, decode_hits(value)
-
-
-class StoreWriter:
-    """Runs both loops as background tasks of the process that owns the store."""
-
-    def __init__(self, settings: Settings, store: Store) -> None:
-        self.loops = [
-            _WriterLoop(
-                settings,
-                store,
-                settings.rollups_topic,
-                "rollup_log",
-                RollupLogSink(store),
-                _decode_rollups,
-            ),
-            _WriterLoop(
-                settings, store, settings.hits_topic, "events", EventsSink(store), _decode_hits
-            ),
-        ]
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        for loop in self.loops:
-            await loop.reload_applied()
-            self._tasks.append(asyncio.create_task(loop.run(), name=f"store-{loop.table}"))
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-
-    @property
-    def healthy(self) -> bool:
-        return all(loop.healthy for loop in self.loops)
+    async def _flush(self, target: Target) -> int:
+        for attempt in range(3):
+            try:
+                return await target.sink.flush()
+            except Exception:
+                INSERT_FAILURES.labels(target.table).inc()
+                if attempt == 2:
+                    raise  # uncommitted: the consumer restarts and Kafka delivers these again
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return 0
