@@ -111,11 +111,11 @@ class Mode:
             min_hits=0,
             max_hits=60_000,
             concurrency=96,
-            fault_spacing=(7.0, 9.0),
+            fault_spacing=(6.0, 8.0),
             min_faults=12,
             tail=10.0,
             visitors=(2500, 1200, 400, 60),
-            drain_timeout=120.0,
+            drain_timeout=90.0,
         )
 
     @classmethod
@@ -831,20 +831,24 @@ class Injector:
             "filters": [["is", "event:page", [page]]],
         }
         seen: set[str] = set()
-        while time.monotonic() - started < 300:
-            for site in self.probe_sites:
-                if site in seen or site not in acked:
-                    continue
-                got = await self.stats.try_query(site, body)
-                if got and got["results"] and got["results"][0]["metrics"][0] >= 1:
-                    seen.add(site)
-            if len(seen) == len(self.probe_sites):
-                fault.recovery = time.monotonic() - started
-                return
-            await asyncio.sleep(0.5)
-        fault.note = (
-            fault.note + f" probes visible on {len(seen)}/{len(self.probe_sites)}"
-        ).strip()
+        try:
+            while True:
+                for site in self.probe_sites:
+                    if site in seen or site not in acked:
+                        continue
+                    got = await self.stats.try_query(site, body)
+                    if got and got["results"] and got["results"][0]["metrics"][0] >= 1:
+                        seen.add(site)
+                if len(seen) == len(self.probe_sites):
+                    fault.recovery = time.monotonic() - started
+                    return
+                await asyncio.sleep(0.5)
+        finally:
+            if fault.recovery is None:
+                fault.note = (
+                    f"{fault.note} probes visible on {len(seen)}/{len(self.probe_sites)} "
+                    f"({len(acked)} answered 202)"
+                ).strip()
 
     # -- the faults -----------------------------------------------------------------------------
 
@@ -903,6 +907,7 @@ class Injector:
         while driver.inflight_exact and time.monotonic() - waited < 15:
             await asyncio.sleep(0.01)
         await asyncio.sleep(self.rng.uniform(0.05, 0.3))  # quarantine hits in flight
+        stuck = driver.inflight_exact
         assert cluster.ingest is not None
         old = cluster.ingest
         old.signal(signal.SIGKILL)
@@ -910,8 +915,8 @@ class Injector:
         cluster.ingest_down = True
         driver.renew_client()
         fault = self._record("ingest SIGKILL", f"pid {old.pid}; restarted")
-        if driver.inflight_exact:
-            fault.note = f"{driver.inflight_exact} exact requests were in flight"
+        if stuck:
+            fault.note = f"{stuck} requests to exact pages were still in flight at the kill"
         self.probe(fault)
         cluster.ingest = cluster.start_ingest()
         try:
@@ -976,7 +981,7 @@ class Injector:
             self.scale_down,  # back to 2
             self.ingest_kill,
             self.worker_kill,
-            lambda: self.api_stop(13.0),
+            lambda: self.api_stop(12.0),
             self.api_kill,
             self.worker_kill,
         ]
@@ -1542,14 +1547,19 @@ async def run_chaos(
         report.load_seconds = time.monotonic() - load_started
         load_end = time.time()
         print("chaos: load done; waiting for probes and the pipeline to drain", flush=True)
+        # One deadline for everything that follows the load: the timeout scales with the load.
+        settle_by = time.monotonic() + mode.drain_timeout + driver.tally.acked_hits / 2000
+
+        def left() -> float:
+            return max(5.0, settle_by - time.monotonic())
+
         if injector.probe_tasks:
-            await asyncio.wait(injector.probe_tasks, timeout=mode.drain_timeout)
+            await asyncio.wait(injector.probe_tasks, timeout=left())
         # Every worker restarted by now must come up again.
-        report.problems += await cluster.wait_workers_settled(120)
+        report.problems += await cluster.wait_workers_settled(left())
 
         auditor = Auditor(stats, driver.tally, load_sites + probe_sites)
-        timeout = mode.drain_timeout + driver.tally.acked_hits / 2000
-        report.drain_seconds, report.drained = await auditor.wait_drained(timeout)
+        report.drain_seconds, report.drained = await auditor.wait_drained(left())
 
         tally = driver.tally
         report.hits_sent = tally.generated
@@ -1586,6 +1596,8 @@ async def run_chaos(
         )
         report.problems += live_problems
 
+        for task in injector.probe_tasks:
+            task.cancel()
         report.faults = [dataclasses.asdict(f) for f in injector.faults]
         for f in injector.faults:
             if f.recovery is None:
