@@ -166,3 +166,38 @@ def test_hits_carry_their_sessions_visit_attributes(loaded: Loaded) -> None:
     got = loaded.query(site, {"metrics": ["visitors"], "dimensions": ["visit:source"]})
     table = {row["dimensions"][0]: row["metrics"][0] for row in got["results"]}
     assert table == {k: len(v) for k, v in by_source.items()}
+
+
+def test_hit_later_than_the_window_counts_but_not_in_sessions(loaded: Loaded) -> None:
+    stack = loaded.stack
+    key = stack.add_site("late.test")
+    time.sleep(1.5)
+    ua = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0 late-test"
+    now = time.time()
+    auth = {"Authorization": f"Bearer {stack.admin_token}"}
+
+    def send(ts: float, page: str) -> None:
+        line = {"name": "pageview", "url": f"https://late.test{page}", "timestamp": ts,
+                "ip": "8.8.8.8", "user_agent": ua}  # fmt: skip
+        resp = httpx.post(f"{stack.url}/api/import", content=orjson.dumps(line), headers=auth)
+        assert resp.status_code == 202 and resp.json()["accepted"] == 1
+
+    def totals() -> list[int]:
+        resp = httpx.post(f"{stack.url}/api/v2/query", headers={"Authorization": f"Bearer {key}"},
+                          json={"site_id": "late.test", "metrics": ["visits", "pageviews"],
+                                "date_range": loaded.date_range})  # fmt: skip
+        return list(resp.json()["results"][0]["metrics"])
+
+    def wait_for(expected: list[int]) -> None:
+        deadline = time.monotonic() + 60
+        while totals() != expected:
+            assert time.monotonic() < deadline, (totals(), expected)
+            time.sleep(0.3)
+
+    late_before = worker_metric(stack, "rollup_worker_late_hits_total")
+    send(now - 60, "/first")
+    wait_for([1, 1])
+    # 20 minutes older than the visitor's newest hit: past the 10-minute lateness window.
+    send(now - 60 - 1200, "/too-late")
+    wait_for([1, 2])
+    assert worker_metric(stack, "rollup_worker_late_hits_total") == late_before + 1
