@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, empty_label
 from engine.query import QueryPlan, plan_query
-from engine.store.schema import ddl
+from engine.store.schema import ROLLUP_LEVELS, ddl, derive_sql
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 BIG_SITE = "big.test"  # many distinct visitors: uniqCombined64 is approximate there
@@ -230,6 +230,9 @@ def open_store(path: Path, hits: list[Hit], sessions: list[Session] | None = Non
     rows = rollup_log_rows(hits)
     for start in range(0, len(rows), 50_000):
         client.insert("rollup_log", rows[start : start + 50_000], column_names=ROLLUP_LOG_COLUMNS)
+    # The store writer folds the log into the levels; do the same for the whole log.
+    for level in ROLLUP_LEVELS.values():
+        client.command(derive_sql(level, None))
     if sessions is not None:
         for batch in session_insert_batches(sessions):
             lines = (json.dumps(row, default=_json_default) for row in batch)

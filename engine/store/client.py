@@ -78,6 +78,9 @@ class Store:
         block = b"\n".join(orjson.dumps(row) for row in rows)
         self._client.raw_insert(table, insert_block=block, fmt="JSONEachRow")
 
+    def command_sync(self, sql: str) -> None:
+        self._client.command(sql)
+
     def ping_sync(self) -> bool:
         try:
             self._client.query("SELECT 1")
@@ -94,6 +97,9 @@ class Store:
 
     async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         await self._run(partial(self.insert_rows_sync, table, rows))
+
+    async def command(self, sql: str) -> None:
+        await self._run(partial(self.command_sync, sql))
 
     async def ping(self) -> bool:
         return await self._run(self.ping_sync)

@@ -1,10 +1,12 @@
-"""ClickHouse schema: an events table, and minute/hour/day rollups fed from a rollup log.
+"""ClickHouse schema: an events table, sessions, and minute/hour/day rollups fed from a log.
 
 Workers send rollup deltas (counts plus the visitor hashes of each row); the store inserts
-them into `rollup_log`, and materialized views fold them into AggregatingMergeTree tables, so
-hour and day levels are derived inside ClickHouse. `rollup_log` keeps the source position
-(hits partition, offset) of every delta so that a replay after a crash is recognised and
-skipped: see engine/store/writer.py.
+them into `rollup_log`, then folds each new stretch of the log into the AggregatingMergeTree
+levels with one INSERT ... SELECT per level (`derive_sql`), so hour and day are derived inside
+ClickHouse. Not materialized views: a crash between a log insert and its views' inserts would
+leave the levels short with no way to tell. Each level records the highest source position
+(hits partition, offset) it holds, so after a crash the writer derives exactly what is missing:
+see engine/store/writer.py.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def ddl(events_retention_days: int = 90) -> list[str]:
         value String,
         pageviews SimpleAggregateFunction(sum, UInt64),
         events SimpleAggregateFunction(sum, UInt64),
-        visitors AggregateFunction(uniqCombined64, UInt64)
+        visitors AggregateFunction(uniqCombined64, UInt64),
+        src_partition SimpleAggregateFunction(any, UInt16),
+        src_offset SimpleAggregateFunction(max, UInt64)
     """
     return [
         f"""
@@ -138,24 +142,54 @@ def ddl(events_retention_days: int = 90) -> list[str]:
         "CREATE TABLE IF NOT EXISTS rollup_day ("
         + rollup_cols.format(time_col="day Date")
         + ") ENGINE = AggregatingMergeTree ORDER BY (site, dim, day, value)",
-        """
-        CREATE MATERIALIZED VIEW IF NOT EXISTS rollup_minute_mv TO rollup_minute AS
-        SELECT site, minute, dim, value, pageviews, events,
-               arrayReduce('uniqCombined64State', hashes) AS visitors
-        FROM rollup_log
-        """,
-        """
-        CREATE MATERIALIZED VIEW IF NOT EXISTS rollup_hour_mv TO rollup_hour AS
-        SELECT site, toStartOfHour(minute) AS hour, dim, value, pageviews, events,
-               arrayReduce('uniqCombined64State', hashes) AS visitors
-        FROM rollup_log
-        """,
-        # The day is the site's local day: the worker stamps each row with the site's UTC
-        # offset at that minute, so DST changes land on the right day.
-        """
-        CREATE MATERIALIZED VIEW IF NOT EXISTS rollup_day_mv TO rollup_day AS
-        SELECT site, toDate(minute + tz_offset) AS day, dim, value, pageviews, events,
-               arrayReduce('uniqCombined64State', hashes) AS visitors
-        FROM rollup_log
-        """,
+        # Earlier schema versions fed the levels by materialized views; see derive_sql.
+        "DROP VIEW IF EXISTS rollup_minute_mv",
+        "DROP VIEW IF EXISTS rollup_hour_mv",
+        "DROP VIEW IF EXISTS rollup_day_mv",
+        *(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}"
+            for table in ROLLUP_LEVELS.values()
+            for column in (
+                "src_partition SimpleAggregateFunction(any, UInt16)",
+                "src_offset SimpleAggregateFunction(max, UInt64)",
+            )
+        ),
     ]
+
+
+_LEVEL_KEYS: dict[str, str] = {
+    "rollup_minute": "minute",
+    "rollup_hour": "toStartOfHour(minute)",
+    # The site's local day: the worker stamps each row with the site's UTC offset at that
+    # minute, so DST changes land on the right day.
+    "rollup_day": "toDate(minute + tz_offset)",
+}
+_LEVEL_COLUMNS: dict[str, str] = {
+    "rollup_minute": "minute",
+    "rollup_hour": "hour",
+    "rollup_day": "day",
+}
+
+
+def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
+    """Fold the log rows of source positions in (low, high] per hits partition into `table`
+    (all of the log when `ranges` is None)."""
+    if ranges is not None and not ranges:
+        raise ValueError("no ranges to derive")
+    where = "1"
+    if ranges:
+        where = " OR ".join(
+            f"(src_partition = {int(p)} AND src_offset > {int(lo)} AND src_offset <= {int(hi)})"
+            for p, (lo, hi) in sorted(ranges.items())
+        )
+    time_col = _LEVEL_COLUMNS[table]
+    return f"""
+        INSERT INTO {table}
+            (site, {time_col}, dim, value, pageviews, events, visitors, src_partition, src_offset)
+        SELECT site, {_LEVEL_KEYS[table]} AS bucket, dim, value, sum(pageviews), sum(events),
+               uniqCombined64MergeState(arrayReduce('uniqCombined64State', hashes)),
+               any(src_partition), max(src_offset)
+        FROM rollup_log
+        WHERE {where}
+        GROUP BY site, bucket, dim, value
+    """

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 from config import Settings
 from engine.rollup_rows import WorkerOutput, decode_output
 from engine.store.client import Store
+from engine.store.schema import ROLLUP_LEVELS, derive_sql
 from sinks.base import Sink
 from sinks.clickhouse import EventsSink, RollupLogSink, SessionsSink
 
@@ -75,6 +76,9 @@ class StoreWriter:
             Target("rollup_log", RollupLogSink(store), lambda out: out.rollups),
             Target("sessions", SessionsSink(store), lambda out: out.sessions),
         ]
+        self.rollup_log = self.targets[1]
+        # Highest source position each rollup level holds, per hits partition.
+        self.levels: dict[str, dict[int, int]] = {t: {} for t in ROLLUP_LEVELS.values()}
         self.healthy = False
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
@@ -93,6 +97,26 @@ class StoreWriter:
     async def reload_applied(self) -> None:
         for target in self.targets:
             target.applied = await self.store.applied_offsets(target.table)
+        for table in self.levels:
+            self.levels[table] = await self.store.applied_offsets(table)
+        # A crash between a log insert and the level inserts leaves levels behind: catch up.
+        await self.derive_levels()
+
+    async def derive_levels(self) -> None:
+        """Fold what the log holds beyond each level's own record into that level. One
+        INSERT ... SELECT per level, each atomic, each recorded in the level itself."""
+        logged = self.rollup_log.applied
+        for table, have in self.levels.items():
+            ranges = {
+                partition: (have.get(partition, -1), high)
+                for partition, high in logged.items()
+                if high > have.get(partition, -1)
+            }
+            if not ranges:
+                continue
+            await self.store.command(derive_sql(table, ranges))
+            for partition, (_, high) in ranges.items():
+                have[partition] = high
 
     async def run(self) -> None:
         while True:
@@ -157,6 +181,7 @@ class StoreWriter:
             for partition, offset in newest[target.table].items():
                 target.applied[partition] = offset
                 APPLIED_OFFSET.labels(target.table, str(partition)).set(offset)
+        await self.derive_levels()
         await consumer.commit()
 
     async def _flush(self, target: Target) -> int:
