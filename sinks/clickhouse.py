@@ -36,18 +36,14 @@ EVENT_TEXT_COLUMNS = (
 VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
 
 
-class RollupLogSink(Sink[RollupBatch]):
+class _RowSink(Sink[Any]):
+    """Buffers rows shaped as the table's columns; one JSONEachRow insert per flush."""
+
+    table: str
+
     def __init__(self, store: Store) -> None:
         self._store = store
         self._rows: list[dict[str, Any]] = []
-
-    def add(self, item: RollupBatch, src_partition: int, src_offset: int) -> None:
-        columns = [item.columns[name] for name in ROLLUP_COLUMNS]
-        for values in zip(*columns, strict=True):
-            row = dict(zip(ROLLUP_COLUMNS, values, strict=True))
-            row["src_partition"] = src_partition
-            row["src_offset"] = src_offset
-            self._rows.append(row)
 
     def discard(self) -> None:
         self._rows = []
@@ -59,9 +55,21 @@ class RollupLogSink(Sink[RollupBatch]):
     async def flush(self) -> int:
         rows = self._rows
         if rows:
-            await self._store.insert_rows("rollup_log", rows)
+            await self._store.insert_rows(self.table, rows)
             self._rows = []
         return len(rows)
+
+
+class RollupLogSink(_RowSink):
+    table = "rollup_log"
+
+    def add(self, item: RollupBatch, src_partition: int, src_offset: int) -> None:
+        columns = [item.columns[name] for name in ROLLUP_COLUMNS]
+        for values in zip(*columns, strict=True):
+            row = dict(zip(ROLLUP_COLUMNS, values, strict=True))
+            row["src_partition"] = src_partition
+            row["src_offset"] = src_offset
+            self._rows.append(row)
 
 
 def _revenue(hit: Hit) -> tuple[str | None, str]:
@@ -97,49 +105,17 @@ def event_row(hit: Hit, src_partition: int, src_offset: int) -> dict[str, Any]:
     return row
 
 
-class EventsSink(Sink[list[Hit]]):
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._rows: list[dict[str, Any]] = []
+class EventsSink(_RowSink):
+    table = "events"
 
     def add(self, item: list[Hit], src_partition: int, src_offset: int) -> None:
         self._rows.extend(event_row(hit, src_partition, src_offset) for hit in item)
 
-    def discard(self) -> None:
-        self._rows = []
 
-    @property
-    def pending(self) -> int:
-        return len(self._rows)
-
-    async def flush(self) -> int:
-        rows = self._rows
-        if rows:
-            await self._store.insert_rows("events", rows)
-            self._rows = []
-        return len(rows)
-
-
-class SessionsSink(Sink[list[dict[str, Any]]]):
+class SessionsSink(_RowSink):
     """Absolute session versions; the worker already shaped them as `sessions` columns."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._rows: list[dict[str, Any]] = []
+    table = "sessions"
 
     def add(self, item: list[dict[str, Any]], src_partition: int, src_offset: int) -> None:
         self._rows.extend(item)
-
-    def discard(self) -> None:
-        self._rows = []
-
-    @property
-    def pending(self) -> int:
-        return len(self._rows)
-
-    async def flush(self) -> int:
-        rows = self._rows
-        if rows:
-            await self._store.insert_rows("sessions", rows)
-            self._rows = []
-        return len(rows)

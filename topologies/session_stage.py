@@ -16,12 +16,13 @@ import msgpack
 from prometheus_client import Counter, Gauge
 
 from engine.hits import Hit
-from engine.sessions import SessionEvent, SessionRow, VisitorSessions, deleted_row
-
-VISIT_ATTRIBUTES = (
-    "source", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term",
-    "device", "browser", "browser_version", "os", "os_version", "country",
-)  # fmt: skip
+from engine.sessions import (
+    VISIT_ATTRIBUTES,
+    SessionEvent,
+    SessionRow,
+    VisitorSessions,
+    deleted_row,
+)
 
 LATE_HITS = Counter(
     "rollup_worker_late_hits_total",

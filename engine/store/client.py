@@ -7,9 +7,8 @@ one worker thread, off the event loop (STACK.md).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -62,14 +61,6 @@ class Store:
     def query_sync(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self._client.query(sql).result_rows]
 
-    def insert_sync(self, table: str, columns: dict[str, Sequence[Any]]) -> None:
-        names = list(columns)
-        if not columns[names[0]]:
-            return
-        self._client.insert(
-            table, [columns[n] for n in names], column_names=names, column_oriented=True
-        )
-
     def insert_rows_sync(self, table: str, rows: list[dict[str, Any]]) -> None:
         """JSONEachRow insert: with chDB it is an order of magnitude faster than the columnar
         path for Map and Array columns."""
@@ -92,9 +83,6 @@ class Store:
     async def query(self, sql: str) -> list[tuple[Any, ...]]:
         return await self._run(partial(self.query_sync, sql))
 
-    async def insert(self, table: str, columns: dict[str, Sequence[Any]]) -> None:
-        await self._run(partial(self.insert_sync, table, columns))
-
     async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         await self._run(partial(self.insert_rows_sync, table, rows))
 
@@ -116,7 +104,3 @@ class Store:
 
     async def applied_offsets(self, table: str) -> dict[int, int]:
         return await self._run(partial(self.applied_offsets_sync, table))
-
-
-def to_datetime(epoch: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC)
