@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     # Ingest
     ingest_rate_limit: int = 0  # hits/s per client address and site; 0 = off
+    ingest_site_rate_limit: int = 0  # hits/s per site from all clients together; 0 = off
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     max_body_bytes: int = 64 * 1024
     max_import_bytes: int = 64 * 1024 * 1024
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
     store_flush_seconds: float = 0.5
     events_retention_days: int = 90
     live_window_minutes: int = 30
-    stats_rate_limit_per_hour: int = 600
+    stats_rate_limit_per_hour: int = 600  # default of a new key; each key has its own
     sites_refresh_seconds: float = 2.0
     worker_web_port: int = 6066
     # RocksDB state of one worker process; two workers on one machine need two directories.

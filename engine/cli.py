@@ -165,18 +165,39 @@ def _sites(settings: Settings, args: argparse.Namespace) -> int:
     repo = SiteRepository(settings.sites_dsn, settings.stats_rate_limit_per_hour)
     repo.open()
     try:
-        if args.sites_command == "add":
-            site, key = repo.add_site(args.domain, args.timezone)
-            if args.rate_limit:
-                repo.set_rate_limit(site.domain, args.rate_limit)
-            print(f"site {site.domain} (timezone {site.timezone}); its Stats API key:")
-            print(key)
-        elif args.sites_command == "rate-limit":
-            count = repo.set_rate_limit(args.domain, args.per_hour)
-            print(f"{count} key(s) of {args.domain} now allow {args.per_hour} requests/hour")
-        else:
-            for site in repo.list_sites():
-                print(f"{site.domain}\t{site.timezone}\t{site.created_at.isoformat()}")
+        match args.sites_command:
+            case "add":
+                site, key = repo.add_site(args.domain, args.timezone)
+                if args.rate_limit:
+                    repo.set_rate_limit(site.domain, args.rate_limit)
+                print(f"site {site.domain} (timezone {site.timezone}); its Stats API key:")
+                print(key)
+            case "rate-limit":
+                count = repo.set_rate_limit(args.domain, args.per_hour)
+                print(f"{count} key(s) of {args.domain} now allow {args.per_hour} requests/hour")
+            case "add-key":
+                key = repo.add_key(args.domains, args.label or "", args.rate_limit or None)
+                print(f"new key for {', '.join(args.domains)} (shown once):")
+                print(key)
+            case "keys":
+                for info in repo.list_keys(args.domain):
+                    state = "revoked" if info.revoked else "active"
+                    print(
+                        f"{info.key_id}\t{state}\t{info.rate_limit_per_hour}/h\t"
+                        f"{','.join(info.domains)}\t{info.label}\t{info.created_at}"
+                    )
+            case "revoke":
+                print(f"key {repo.revoke_key(args.key_id)} revoked")
+            case "rotate":
+                key = repo.rotate_key(args.key_id)
+                print(f"key {args.key_id} revoked; its replacement (shown once):")
+                print(key)
+            case "key-rate-limit":
+                key_id = repo.set_key_rate_limit(args.key_id, args.per_hour)
+                print(f"key {key_id} now allows {args.per_hour} requests/hour")
+            case _:
+                for site in repo.list_sites():
+                    print(f"{site.domain}\t{site.timezone}\t{site.created_at.isoformat()}")
     finally:
         repo.close()
     return 0
@@ -247,6 +268,19 @@ def parser() -> argparse.ArgumentParser:
     rate.add_argument("domain")
     rate.add_argument("per_hour", type=int)
     sites_sub.add_parser("list")
+    add_key = sites_sub.add_parser("add-key", help="a new key reading the given sites")
+    add_key.add_argument("domains", nargs="+")
+    add_key.add_argument("--label", default="")
+    add_key.add_argument("--rate-limit", type=int, default=0, help="Stats API requests per hour")
+    keys = sites_sub.add_parser("keys", help="list keys (ids, never the keys themselves)")
+    keys.add_argument("domain", nargs="?")
+    revoke = sites_sub.add_parser("revoke", help="revoke a key by the id `keys` lists")
+    revoke.add_argument("key_id")
+    rotate = sites_sub.add_parser("rotate", help="replace a key: prints the new one, revokes it")
+    rotate.add_argument("key_id")
+    key_rate = sites_sub.add_parser("key-rate-limit", help="set one key's Stats API limit")
+    key_rate.add_argument("key_id")
+    key_rate.add_argument("per_hour", type=int)
     return p
 
 

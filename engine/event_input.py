@@ -29,6 +29,10 @@ VITALS: Final[frozenset[str]] = frozenset({"ttfb", "fcp", "lcp", "inp", "cls"})
 MAX_REVENUE_AMOUNT: Final = Decimal("1e15")
 # 9999-12-31T23:59:59Z: anything later is most likely epoch milliseconds sent as seconds.
 MAX_EPOCH_SECONDS: Final = 253_402_300_799.0
+# Imports: nothing before web analytics existed in this form, nothing from the future (beyond
+# an hour of clock skew); either is a unit or clock bug that would corrupt rollups.
+MIN_IMPORT_EPOCH: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
+MAX_IMPORT_FUTURE_SECONDS: Final = 3600.0
 
 # ISO 4217 codes in use (plus funds, metals and test codes, which are valid codes too).
 _CURRENCY_CODES: Final = """
@@ -75,13 +79,23 @@ def parse_event_body(body: bytes | str | dict[str, Any]) -> ParsedEvent:
     return event
 
 
-def parse_import_line(obj: dict[str, Any]) -> tuple[ParsedEvent, float, str, str]:
-    """One bulk-import line: (event, epoch seconds, client address, user agent)."""
+def parse_import_line(
+    obj: dict[str, Any], now: float | None = None
+) -> tuple[ParsedEvent, float, str, str]:
+    """One bulk-import line: (event, epoch seconds, client address, user agent). With `now`,
+    a timestamp before 2000 or more than an hour ahead of it is refused."""
     if not isinstance(obj, dict):
         raise InputError({"body": ["must be a JSON object"]})
     errors: Errors = {}
     event = _parse_fields(obj, errors)
     ts = _timestamp(obj.get("timestamp"), errors)
+    if ts is not None and now is not None:
+        if ts < MIN_IMPORT_EPOCH:
+            _add(errors, "timestamp", "is before 2000-01-01")
+            ts = None
+        elif ts > now + MAX_IMPORT_FUTURE_SECONDS:
+            _add(errors, "timestamp", "is in the future")
+            ts = None
     ip = _ip(obj.get("ip"), errors)
     user_agent = obj.get("user_agent")
     if not isinstance(user_agent, str) or not user_agent.strip():
@@ -100,8 +114,10 @@ def _load_object(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(body, bytes | bytearray | memoryview | str):
         try:
             body = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InputError({"body": ["must be valid JSON"]}) from None
+        except orjson.JSONDecodeError as exc:
+            # orjson says so when the bytes are not UTF-8; tell the client which it was.
+            what = "UTF-8" if "utf-8" in str(exc).lower() else "JSON"
+            raise InputError({"body": [f"must be valid {what}"]}) from None
     if not isinstance(body, dict):
         raise InputError({"body": ["must be a JSON object"]})
     return body

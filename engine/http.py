@@ -9,7 +9,6 @@ import datetime as dt
 import hmac
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,8 +27,9 @@ from engine.ingest import UNAVAILABLE
 from engine.ingest_asgi import FastEventPath
 from engine.live import live_summary, realtime_visitors
 from engine.query import plan_query
+from engine.rejections import reason_of, reject
 from engine.runtime import Role, Runtime
-from engine.sites import ApiKey
+from engine.sites import ApiKey, KeyInfo
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,18 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
-class KeyRateLimiter:
-    """Sliding one-hour window per key (in this process)."""
+# One answer for a wrong key, an unknown site and a site the key may not read, so that a key
+# cannot probe which sites exist.
+UNAUTHORISED = "invalid API key, or the key may not read this site"
+NO_KEY = "missing API key: send Authorization: Bearer <key>"
+# Realtime endpoints are polled by open dashboards every few seconds: a bucket of their own,
+# this many times the key's hourly Stats API limit.
+REALTIME_LIMIT_FACTOR = 10
 
-    def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = {}
 
-    def allow(self, key: ApiKey) -> bool:
-        now = time.monotonic()
-        window = self._hits.setdefault(key.key_hash, deque())
-        while window and window[0] < now - 3600:
-            window.popleft()
-        if len(window) >= key.rate_limit_per_hour:
-            return False
-        window.append(now)
-        return True
+def bearer(request: Request) -> str:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
 
 
 def build_app(
@@ -71,7 +68,6 @@ def build_app(
     """The ASGI app. With `manage_lifespan=False` the caller starts and stops
     `app.state.runtime` itself (the CLI does, to report start failures in one line)."""
     runtime = Runtime(settings, roles or frozenset({Role.INGEST, Role.API}))
-    key_limiter = KeyRateLimiter()
 
     async def read_body(request: Request, limit: int) -> bytes:
         declared = request.headers.get("content-length")
@@ -88,8 +84,8 @@ def build_app(
 
     def check_admin(request: Request) -> None:
         token = settings.admin_token
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not token or not given or not hmac.compare_digest(token, given):
+        given = bearer(request)
+        if not token or not given or not hmac.compare_digest(token.encode(), given.encode()):
             raise AuthError("missing or wrong admin token")
 
     async def bulk_import(request: Request) -> Response:
@@ -99,8 +95,10 @@ def build_app(
             body = await read_body(request, settings.max_import_bytes)
             result = await runtime.ingestor.bulk(body.splitlines())
         except AuthError as error:
+            reject("import", "unauthorized")
             return json_response({"error": str(error)}, 401)
         except InputError as error:
+            reject("import", reason_of(error))
             return json_response({"errors": error.errors}, error.status)
         except UnavailableError as error:
             UNAVAILABLE.inc()
@@ -109,36 +107,64 @@ def build_app(
             )
         return json_response(result.as_json(), 202)
 
-    async def authorise(request: Request, site_id: Any) -> ApiKey:
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not given[7:].strip():
-            raise AuthError("missing API key: send Authorization: Bearer <key>")
+    async def lookup_key(request: Request) -> ApiKey | None:
+        """The active key sent, or None; AuthError when none was sent."""
+        given = bearer(request)
+        if not given:
+            raise AuthError(NO_KEY)
         assert runtime.sites_repo is not None
-        key = await asyncio.to_thread(runtime.sites_repo.get_key, given[7:].strip())
-        if key is None:
-            raise AuthError("invalid API key")
-        if not isinstance(site_id, str) or site_id not in key.domains:
-            raise AuthError(f"this key may not read site {site_id!r}")
+        # Read on every request, so a revoked key stops working at once in every process.
+        return await asyncio.to_thread(runtime.sites_repo.get_key, given)
+
+    async def authorise(request: Request, site_id: Any) -> ApiKey:
+        key = await lookup_key(request)
+        if key is None or not isinstance(site_id, str) or site_id not in key.domains:
+            raise AuthError(UNAUTHORISED)
         return key
+
+    async def over_limit(scope: str, key: ApiKey, limit: int) -> Response | None:
+        assert runtime.limiter is not None
+        decision = await runtime.limiter.hit(scope, key.key_hash[:32], limit, 3600)
+        if decision.allowed:
+            return None
+        return json_response(
+            {"error": f"rate limit of this key exceeded ({limit} requests per hour)"},
+            429,
+            {"Retry-After": str(decision.retry_after)},
+        )
 
     async def query(request: Request) -> Response:
         assert runtime.store is not None
         started = time.perf_counter()
         try:
-            body = orjson.loads(await read_body(request, settings.max_body_bytes))
-        except orjson.JSONDecodeError:
-            return json_response({"error": "body: invalid JSON"}, 400)
+            raw = await read_body(request, settings.max_body_bytes)
         except InputError as error:
+            reject("query", reason_of(error))
             return json_response({"error": str(error)}, error.status)
-        site_id = body.get("site_id") if isinstance(body, dict) else None
         try:
-            key = await authorise(request, site_id)
+            key = await lookup_key(request)  # the key first: nothing else for strangers
         except AuthError as error:
+            key, message = None, str(error)
+        else:
+            message = UNAUTHORISED
+        body: Any = None
+        if key is not None:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                QUERIES.labels("400", "").inc()
+                reject("query", "invalid_json")
+                return json_response({"error": "body: invalid JSON (or not UTF-8)"}, 400)
+        site_id = body.get("site_id") if isinstance(body, dict) else None
+        if key is None or not isinstance(site_id, str) or site_id not in key.domains:
             QUERIES.labels("401", "").inc()
-            return json_response({"error": str(error)}, 401)
-        if not key_limiter.allow(key):
+            reject("query", "unauthorized")
+            return json_response({"error": message}, 401)
+        limited = await over_limit("stats_key", key, key.rate_limit_per_hour)
+        if limited is not None:
             QUERIES.labels("429", "").inc()
-            return json_response({"error": "rate limit exceeded for this key"}, 429)
+            reject("query", "rate_limited")
+            return limited
         site = runtime.site_records.get(str(site_id))
         timezone = site.timezone if site else "UTC"
         try:
@@ -150,6 +176,7 @@ def build_app(
             )
         except QueryError as error:
             QUERIES.labels("400", "").inc()
+            reject("query", "invalid_query")
             return json_response({"error": str(error)}, 400)
         try:
             rows = [await runtime.store.query(sql) for sql in plan.statements]
@@ -166,9 +193,15 @@ def build_app(
     async def realtime(request: Request, detail: bool) -> Response:
         site_id = request.query_params.get("site_id")
         try:
-            await authorise(request, site_id)
+            key = await authorise(request, site_id)
         except AuthError as error:
+            reject("realtime", "unauthorized")
             return json_response({"error": str(error)}, 401)
+        limit = key.rate_limit_per_hour * REALTIME_LIMIT_FACTOR
+        limited = await over_limit("realtime_key", key, limit)
+        if limited is not None:
+            reject("realtime", "rate_limited")
+            return limited
         assert runtime.redis is not None and site_id is not None
         try:
             if detail:
@@ -185,6 +218,89 @@ def build_app(
     async def realtime_live_endpoint(request: Request) -> Response:
         return await realtime(request, detail=True)
 
+    def key_json(info: KeyInfo) -> dict[str, Any]:
+        return {
+            "key_id": info.key_id,
+            "label": info.label,
+            "sites": list(info.domains),
+            "rate_limit_per_hour": info.rate_limit_per_hour,
+            "created_at": info.created_at,
+            "revoked": info.revoked,
+        }
+
+    async def admin(request: Request) -> Response:
+        """Site and key management (admin token): the HTTP twin of `rollup sites`."""
+        repo = runtime.sites_repo
+        assert repo is not None
+        action = request.path_params.get("action", "")
+        try:
+            check_admin(request)
+            body: Any = {}
+            if request.method == "POST":
+                raw = await read_body(request, settings.max_body_bytes)
+                try:
+                    body = orjson.loads(raw) if raw.strip() else {}
+                except orjson.JSONDecodeError:
+                    raise InputError({"body": ["must be valid JSON"]}) from None
+                if not isinstance(body, dict):
+                    raise InputError({"body": ["must be a JSON object"]})
+            answer = await asyncio.to_thread(admin_action, repo, request, action, body)
+        except AuthError as error:
+            reject("admin", "unauthorized")
+            return json_response({"error": str(error)}, 401)
+        except InputError as error:
+            reject("admin", reason_of(error))
+            return json_response({"errors": error.errors}, error.status)
+        if request.method == "POST" and action in ("sites", "keys"):
+            await runtime.refresh_sites()
+            return json_response(answer, 201)
+        return json_response(answer)
+
+    def admin_action(repo: Any, request: Request, action: str, body: dict[str, Any]) -> Any:
+        def text(name: str, default: str | None = None) -> str:
+            value = body.get(name, default)
+            if not isinstance(value, str):
+                raise InputError({name: ["required, a string"]})
+            return value
+
+        def per_hour(name: str) -> int | None:
+            value = body.get(name)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError({name: ["a whole number of requests per hour, at least 1"]})
+            return value
+
+        key_id = request.path_params.get("key_id", "")
+        match (request.method, action):
+            case ("GET", "sites"):
+                return [{"domain": s.domain, "timezone": s.timezone} for s in repo.list_sites()]
+            case ("POST", "sites"):
+                site, key = repo.add_site(text("domain"), text("timezone", "UTC"))
+                limit = per_hour("rate_limit")
+                if limit:
+                    repo.set_rate_limit(site.domain, limit)
+                return {"domain": site.domain, "timezone": site.timezone, "key": key}
+            case ("GET", "keys"):
+                site_id = request.query_params.get("site_id")
+                return [key_json(info) for info in repo.list_keys(site_id)]
+            case ("POST", "keys"):
+                sites = body.get("sites")
+                if not isinstance(sites, list) or not all(isinstance(d, str) for d in sites):
+                    raise InputError({"sites": ["required, a list of site domains"]})
+                key = repo.add_key(sites, text("label", ""), per_hour("rate_limit"))
+                return {"key": key}
+            case ("POST", "revoke"):
+                return {"key_id": repo.revoke_key(key_id), "revoked": True}
+            case ("POST", "rotate"):
+                return {"key": repo.rotate_key(key_id)}
+            case ("POST", "rate-limit"):
+                limit = per_hour("rate_limit_per_hour")
+                if limit is None:
+                    raise InputError({"rate_limit_per_hour": ["required"]})
+                return {"key_id": repo.set_key_rate_limit(key_id, limit)}
+        raise InputError({"path": ["unknown admin action"]}, status=404)
+
     async def health(request: Request) -> Response:
         status = await runtime.health()
         ok = all(v == "ok" for v in status.values())
@@ -200,6 +316,10 @@ def build_app(
     if Role.INGEST in runtime.roles:
         # POST /api/event is served by FastEventPath, ahead of the router.
         routes.append(Route("/api/import", bulk_import, methods=["POST"]))
+    routes += [
+        Route("/api/admin/{action:str}", admin, methods=["GET", "POST"]),
+        Route("/api/admin/keys/{key_id:str}/{action:str}", admin, methods=["POST"]),
+    ]
     if Role.API in runtime.roles:
         routes += [
             Route("/api/v2/query", query, methods=["POST"]),

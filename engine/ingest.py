@@ -25,20 +25,22 @@ from engine.errors import InputError
 from engine.event_input import ParsedEvent, parse_event_body, parse_import_line
 from engine.hits import Hit
 from engine.kafka import HitProducer
+from engine.ratelimit import SharedRateLimiter
+from engine.rejections import reason_of, reject
 from engine.visitor import Salts, SaltStore, visitor_id
 
 ACCEPTED = Counter("rollup_ingest_accepted_total", "Hits accepted and acknowledged by the broker")
 DROPPED = Counter("rollup_ingest_dropped_total", "Events dropped on purpose", ["reason"])
 REJECTED = Counter("rollup_ingest_rejected_total", "Requests rejected as invalid", ["field"])
-RATE_LIMITED = Counter("rollup_ingest_rate_limited_total", "Requests refused by the rate limit")
 UNAVAILABLE = Counter("rollup_ingest_unavailable_total", "Requests answered 503")
 
 MAX_IMPORT_ERRORS = 100
 
 
-def count_rejection(error: InputError) -> None:
+def count_rejection(error: InputError, endpoint: str = "event") -> None:
     for field_name in error.errors:
         REJECTED.labels(field_name).inc()
+    reject(endpoint, reason_of(error))
 
 
 class SiteDirectory:
@@ -51,36 +53,12 @@ class SiteDirectory:
         self.timezones = timezones
 
 
-class RateLimiter:
-    """Token bucket per (client address, site); keys are hashed so no address is kept."""
-
-    def __init__(self, per_second: int) -> None:
-        self._rate = per_second
-        self._buckets: dict[bytes, tuple[float, float]] = {}
-        self._seed = os.urandom(16)
-
-    def allow(self, client_ip: str, site: str) -> bool:
-        if self._rate <= 0:
-            return True
-        key = hashlib.blake2b(f"{client_ip}|{site}".encode(), key=self._seed, digest_size=12)
-        bucket = key.digest()
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get(bucket, (float(self._rate), now))
-        tokens = min(float(self._rate), tokens + (now - stamp) * self._rate)
-        if tokens < 1.0:
-            self._buckets[bucket] = (tokens, now)
-            return False
-        self._buckets[bucket] = (tokens - 1.0, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()  # bounded memory beats perfect fairness
-        return True
-
-
 @dataclass
 class IngestResult:
     accepted: int = 0
     dropped: int = 0
     rate_limited: bool = False
+    retry_after: int = 0
 
 
 @dataclass
@@ -122,13 +100,44 @@ class Ingestor:
         salts: SaltStore,
         sites: SiteDirectory,
         classifier: UserAgentClassifier | None = None,
+        limiter: SharedRateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
         self._salts = salts
         self._sites = sites
         self._classifier = classifier or UserAgentClassifier()
-        self._limiter = RateLimiter(settings.ingest_rate_limit)
+        self._limiter = limiter
+
+    async def _rate_limited(
+        self, event: ParsedEvent, client_ip: str, salt: bytes, result: IngestResult
+    ) -> frozenset[str]:
+        """The known sites of this event that the client (or the site as a whole) is over its
+        limit for. Shared through Redis; the client bucket is a salted hash, never the address."""
+        s = self._settings
+        if self._limiter is None or (s.ingest_rate_limit <= 0 and s.ingest_site_rate_limit <= 0):
+            return frozenset()
+        blocked: set[str] = set()
+        for domain in event.domains:
+            if domain not in self._sites.timezones:
+                continue  # dropped anyway; unknown names must not grow Redis
+            if s.ingest_rate_limit > 0:
+                bucket = hashlib.blake2b(
+                    f"{client_ip}|{domain}".encode(), key=salt, digest_size=12
+                ).hexdigest()
+                decision = await self._limiter.hit("ingest_client", bucket, s.ingest_rate_limit, 1)
+                if not decision.allowed:
+                    blocked.add(domain)
+                    result.retry_after = max(result.retry_after, decision.retry_after)
+                    continue
+            if s.ingest_site_rate_limit > 0:
+                decision = await self._limiter.hit(
+                    "ingest_site", domain, s.ingest_site_rate_limit, 1
+                )
+                if not decision.allowed:
+                    blocked.add(domain)
+                    result.retry_after = max(result.retry_after, decision.retry_after)
+        return frozenset(blocked)
 
     async def event(self, body: bytes, user_agent: str | None, client_ip: str) -> IngestResult:
         """One `/api/event` request. Raises InputError (400) or UnavailableError (503)."""
@@ -144,7 +153,8 @@ class Ingestor:
         now = time.time()
         salts = await self._salts.salts(dt.datetime.fromtimestamp(now, dt.UTC))
         result = IngestResult()
-        hits = self._hits(event, now, user_agent, client_ip, salts, result, check_rate=True)
+        blocked = await self._rate_limited(event, client_ip, salts.current, result)
+        hits = self._hits(event, now, user_agent, client_ip, salts, result, "event", blocked)
         if hits:
             await self._producer.submit(hits)
             ACCEPTED.inc(len(hits))
@@ -170,7 +180,7 @@ class Ingestor:
                 obj = orjson.loads(raw)
                 if not isinstance(obj, dict):
                     raise InputError({"body": ["each line must be a JSON object"]})
-                event, ts, ip, user_agent = parse_import_line(obj)
+                event, ts, ip, user_agent = parse_import_line(obj, now=now.timestamp())
             except orjson.JSONDecodeError:
                 self._import_error(result, number, {"body": ["invalid JSON"]})
                 continue
@@ -183,7 +193,7 @@ class Ingestor:
             previous = day_salts.setdefault(day - dt.timedelta(days=1), os.urandom(16))
             line_result = IngestResult()
             hits.extend(
-                self._hits(event, ts, user_agent, ip, Salts(salt, previous), line_result, False)
+                self._hits(event, ts, user_agent, ip, Salts(salt, previous), line_result, "import")
             )
             result.dropped += line_result.dropped
         for start in range(0, len(hits), 5000):
@@ -195,8 +205,7 @@ class Ingestor:
 
     @staticmethod
     def _import_error(result: ImportResult, line: int, errors: dict[str, list[str]]) -> None:
-        for field_name in errors:
-            REJECTED.labels(field_name).inc()
+        count_rejection(InputError(errors), "import")
         if len(result.errors) < MAX_IMPORT_ERRORS:
             result.errors.append({"line": line, "errors": errors})
 
@@ -208,11 +217,13 @@ class Ingestor:
         client_ip: str,
         salts: Salts,
         result: IngestResult,
-        check_rate: bool,
+        endpoint: str,
+        blocked: frozenset[str] = frozenset(),
     ) -> list[Hit]:
         ua = self._classifier.classify(user_agent)
         if ua.is_bot:
             DROPPED.labels("bot").inc(len(event.domains))
+            reject(endpoint, "bot", len(event.domains))
             result.dropped += len(event.domains)
             return []
         country = country_of(client_ip)
@@ -223,10 +234,11 @@ class Ingestor:
             timezone = self._sites.timezones.get(domain)
             if timezone is None:
                 DROPPED.labels("unknown_site").inc()
+                reject(endpoint, "unknown_site")
                 result.dropped += 1
                 continue
-            if check_rate and not self._limiter.allow(client_ip, domain):
-                RATE_LIMITED.inc()
+            if domain in blocked:
+                reject(endpoint, "rate_limited")
                 result.rate_limited = True
                 result.dropped += 1
                 continue

@@ -13,7 +13,7 @@ import orjson
 
 from config import Settings
 from engine.errors import InputError, UnavailableError
-from engine.ingest import UNAVAILABLE, client_address
+from engine.ingest import UNAVAILABLE, client_address, count_rejection
 from engine.runtime import Runtime
 
 Scope = MutableMapping[str, Any]
@@ -61,6 +61,10 @@ class FastEventPath:
             if declared > limit:
                 raise InputError({"body": [f"larger than {limit} bytes"]}, status=413)
             body = await _read_body(receive, limit)
+        except InputError as error:
+            count_rejection(error)  # the ingestor counts what it rejects itself
+            return error.status, orjson.dumps({"errors": error.errors}), _JSON
+        try:
             client = scope.get("client")
             peer = client_address(
                 client[0] if client else None, forwarded, self.settings.trusted_proxies
@@ -74,7 +78,7 @@ class FastEventPath:
             headers = [*_JSON, (b"retry-after", str(error.retry_after).encode())]
             return 503, orjson.dumps({"error": str(error)}), headers
         if result.rate_limited and not result.accepted:
-            headers = [*_JSON, (b"retry-after", b"1")]
+            headers = [*_JSON, (b"retry-after", str(max(1, result.retry_after)).encode())]
             return 429, orjson.dumps({"error": "rate limit exceeded"}), headers
         if result.dropped:
             return 202, b"ok", [*_TEXT, (b"x-plausible-dropped", str(result.dropped).encode())]

@@ -16,6 +16,7 @@ from engine.errors import ComponentError
 from engine.ingest import Ingestor, SiteDirectory
 from engine.kafka import HitProducer, ensure_topics
 from engine.query import sql
+from engine.ratelimit import SharedRateLimiter
 from engine.sites import Site, SiteRepository
 from engine.store.client import Store
 from engine.store.writer import StoreWriter
@@ -34,6 +35,7 @@ class Runtime:
     settings: Settings
     roles: frozenset[Role]
     redis: Redis | None = None
+    limiter: SharedRateLimiter | None = None
     sites_repo: SiteRepository | None = None
     sites: SiteDirectory = field(default_factory=SiteDirectory)
     site_records: dict[str, Site] = field(default_factory=dict)
@@ -50,6 +52,7 @@ class Runtime:
             await self.redis.ping()
         except Exception as exc:
             raise ComponentError("redis", f"unreachable at {s.redis_dsn}: {exc}") from exc
+        self.limiter = SharedRateLimiter(self.redis)
         self.sites_repo = SiteRepository(s.sites_dsn, s.stats_rate_limit_per_hour)
         self.sites_repo.open()
         await self.refresh_sites()
@@ -63,7 +66,9 @@ class Runtime:
         if Role.INGEST in self.roles:
             self.producer = HitProducer(s)
             await self.producer.start()
-            self.ingestor = Ingestor(s, self.producer, SaltStore(self.redis), self.sites)
+            self.ingestor = Ingestor(
+                s, self.producer, SaltStore(self.redis), self.sites, limiter=self.limiter
+            )
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="sites-refresh"))
 
     async def stop(self) -> None:

@@ -31,7 +31,8 @@ SCHEMA = [
         key_hash TEXT PRIMARY KEY,
         label TEXT NOT NULL,
         rate_limit_per_hour INTEGER NOT NULL,
-        created_at TEXT NOT NULL
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS api_key_sites (
         key_hash TEXT NOT NULL,
@@ -53,6 +54,31 @@ class ApiKey:
     key_hash: str
     rate_limit_per_hour: int
     domains: frozenset[str]
+
+    @property
+    def key_id(self) -> str:
+        return key_id_of(self.key_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What `sites keys` lists: never the key itself, which exists only where it was shown."""
+
+    key_id: str
+    label: str
+    rate_limit_per_hour: int
+    domains: tuple[str, ...]
+    created_at: str
+    revoked: bool
+
+
+# A public handle for a key (list, revoke, rotate): a prefix of its hash, useless for auth.
+KEY_ID_CHARS = 12
+KEY_PREFIX = "rk_"
+
+
+def key_id_of(key_hash: str) -> str:
+    return key_hash[:KEY_ID_CHARS]
 
 
 def hash_key(key: str) -> str:
@@ -100,6 +126,16 @@ class SiteRepository:
             raise ConfigError(f"DATABASE_URL: unsupported scheme in {self._dsn.split(':')[0]!r}")
         for statement in SCHEMA:
             self._execute(statement)
+        self._add_column("api_keys", "revoked_at", "TEXT")
+
+    def _add_column(self, table: str, column: str, kind: str) -> None:
+        """Databases made before the column existed get it (both SQLite and PostgreSQL)."""
+        if self._postgres:
+            self._execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            return
+        columns = {row[1] for row in self._execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         if self._conn is not None:
@@ -135,7 +171,17 @@ class SiteRepository:
         return site, key
 
     def add_key(self, domains: list[str], label: str, rate_limit: int | None = None) -> str:
-        key = secrets.token_urlsafe(32)
+        """A new random key reading exactly `domains` (which must exist); returns the clear key,
+        which is not stored anywhere."""
+        domains = [normalise_domain(d) for d in domains]
+        if not domains:
+            raise InputError({"domains": ["a key needs at least one site"]})
+        missing = [d for d in domains if self.get_site(d) is None]
+        if missing:
+            raise InputError({"domains": [f"unknown site(s): {', '.join(missing)}"]})
+        if rate_limit is not None and rate_limit < 1:
+            raise InputError({"rate_limit": ["must be at least 1 request per hour"]})
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_hash = hash_key(key)
         self._execute(
             "INSERT INTO api_keys (key_hash, label, rate_limit_per_hour, created_at) "
@@ -147,14 +193,82 @@ class SiteRepository:
                 dt.datetime.now(dt.UTC).isoformat(),
             ),
         )
-        for domain in domains:
+        for domain in dict.fromkeys(domains):
             self._execute(
                 "INSERT INTO api_key_sites (key_hash, domain) VALUES (?, ?)", (key_hash, domain)
             )
         return key
 
+    def _key_hashes(self, key_id: str) -> list[str]:
+        if not key_id or len(key_id) < 8 or not all(c in "0123456789abcdef" for c in key_id):
+            raise InputError({"key_id": ["at least 8 hex characters, as `sites keys` lists"]})
+        rows = self._execute(
+            "SELECT key_hash FROM api_keys WHERE key_hash LIKE ? AND revoked_at IS NULL",
+            (key_id + "%",),
+        )
+        if not rows:
+            raise InputError({"key_id": [f"no active key {key_id!r}"]})
+        if len(rows) > 1:
+            raise InputError({"key_id": [f"{key_id!r} matches several keys; give more of it"]})
+        return [str(rows[0][0])]
+
+    def revoke_key(self, key_id: str) -> str:
+        """Revoke at once (every process reads keys from here on each request); returns the id."""
+        (key_hash,) = self._key_hashes(key_id)
+        self._execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_hash = ?",
+            (dt.datetime.now(dt.UTC).isoformat(), key_hash),
+        )
+        return key_id_of(key_hash)
+
+    def rotate_key(self, key_id: str) -> str:
+        """A new key with the old one's sites, label and limit; the old one is revoked."""
+        (key_hash,) = self._key_hashes(key_id)
+        rows = self._execute(
+            "SELECT label, rate_limit_per_hour FROM api_keys WHERE key_hash = ?", (key_hash,)
+        )
+        domains = self._execute("SELECT domain FROM api_key_sites WHERE key_hash = ?", (key_hash,))
+        new_key = self.add_key([d for (d,) in domains], str(rows[0][0]), int(rows[0][1]))
+        self.revoke_key(key_id_of(key_hash))
+        return new_key
+
+    def set_key_rate_limit(self, key_id: str, per_hour: int) -> str:
+        if per_hour < 1:
+            raise InputError({"rate_limit": ["must be at least 1 request per hour"]})
+        (key_hash,) = self._key_hashes(key_id)
+        self._execute(
+            "UPDATE api_keys SET rate_limit_per_hour = ? WHERE key_hash = ?", (per_hour, key_hash)
+        )
+        return key_id_of(key_hash)
+
+    def list_keys(self, domain: str | None = None) -> list[KeyInfo]:
+        rows = self._execute(
+            "SELECT key_hash, label, rate_limit_per_hour, created_at, revoked_at "
+            "FROM api_keys ORDER BY created_at, key_hash"
+        )
+        links = self._execute("SELECT key_hash, domain FROM api_key_sites ORDER BY domain")
+        by_key: dict[str, list[str]] = {}
+        for key_hash, site in links:
+            by_key.setdefault(key_hash, []).append(site)
+        keys = [
+            KeyInfo(
+                key_id=key_id_of(key_hash),
+                label=str(label),
+                rate_limit_per_hour=int(limit),
+                domains=tuple(by_key.get(key_hash, ())),
+                created_at=str(created),
+                revoked=revoked is not None,
+            )
+            for key_hash, label, limit, created, revoked in rows
+        ]
+        if domain is not None:
+            keys = [k for k in keys if domain in k.domains]
+        return keys
+
     def set_rate_limit(self, domain: str, per_hour: int) -> int:
         """Set the Stats API rate limit of every key of the site; returns how many keys."""
+        if per_hour < 1:
+            raise InputError({"rate_limit": ["must be at least 1 request per hour"]})
         rows = self._execute("SELECT key_hash FROM api_key_sites WHERE domain = ?", (domain,))
         for (key_hash,) in rows:
             self._execute(
@@ -174,9 +288,11 @@ class SiteRepository:
         return [_site(row) for row in rows]
 
     def get_key(self, key: str) -> ApiKey | None:
+        """The active key, or None for an unknown or revoked one."""
         key_hash = hash_key(key)
         rows = self._execute(
-            "SELECT rate_limit_per_hour FROM api_keys WHERE key_hash = ?", (key_hash,)
+            "SELECT rate_limit_per_hour FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (key_hash,),
         )
         if not rows:
             return None
