@@ -2,17 +2,21 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-unit lint format typecheck bench clean
+.PHONY: setup postgres run test test-unit lint format typecheck bench clean
 
 # uv from PyPI, then the locked dependencies into .venv.
 setup:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	python3 -m uv sync --frozen --python python3
 
+# Debian's PostgreSQL server binaries, for the tests of the application database on it.
+postgres:
+	@bash .ci/install-postgres.sh
+
 run: setup
 	$(VENV)/bin/rollup run
 
-test: setup lint
+test: setup postgres lint
 	$(PY) -m pytest -q
 
 test-unit: setup

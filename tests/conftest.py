@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class Stack:
         return "\n".join(parts)
 
 
-def _wait_ready(stack: Stack, timeout: float) -> None:
+def _wait_ready(stack: Stack, timeout: float, worker: bool = True) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -66,11 +67,10 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
             resp = httpx.get(f"{stack.url}/api/health", timeout=2)
             last = resp.text
             worker_log = stack.data_dir / "logs" / "worker.log"
-            if (
-                resp.status_code == 200
-                and worker_log.exists()
-                and "Worker ready" in worker_log.read_text(errors="replace")
-            ):
+            worker_ready = worker_log.exists() and "Worker ready" in worker_log.read_text(
+                errors="replace"
+            )
+            if resp.status_code == 200 and (worker_ready or not worker):
                 return
         except httpx.HTTPError as exc:
             last = str(exc)
@@ -78,9 +78,11 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
     raise RuntimeError(f"stack not ready after {timeout}s ({last}):\n{stack.logs()}")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("rollup")
+@contextmanager
+def running_stack(
+    data_dir: Path, extra_env: dict[str, str] | None = None, wait_for_worker: bool = True
+) -> Iterator[Stack]:
+    """`rollup run` on free ports in `data_dir`, stopped (SIGINT) on exit."""
     http_port = free_port()
     env = {
         **os.environ,
@@ -96,6 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     for name in ("KAFKA_BROKERS", "REDIS_URL", "CLICKHOUSE_URL", "DATABASE_URL"):
         env.pop(name, None)
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run"],
         env=env,
@@ -105,7 +108,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     stack = Stack(f"http://127.0.0.1:{http_port}", "test-admin-token", env, data_dir, proc)
     try:
-        _wait_ready(stack, timeout=120)
+        _wait_ready(stack, timeout=120, worker=wait_for_worker)
         yield stack
     finally:
         proc.send_signal(signal.SIGINT)
@@ -113,3 +116,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("rollup")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A real PostgreSQL server of its own (Debian's binaries; `make postgres` installs them)."""
+    from tests.postgres import postgres_cluster
+
+    with postgres_cluster(free_port()) as dsn:
+        yield dsn
+
+
+# Ingest limits on, so that the stack on PostgreSQL also shows the shared rate limits.
+PG_STACK_CLIENT_LIMIT = 5
+PG_STACK_SITE_LIMIT = 12
+
+
+@pytest.fixture(scope="session")
+def pg_stack(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str) -> Iterator[Stack]:
+    """A second embedded stack whose sites and keys live in PostgreSQL. Its worker is not
+    waited for: the tests on it are about answers at the edge, not counts."""
+    env = {
+        "DATABASE_URL": postgres_dsn,
+        "ROLLUP_INGEST_RATE_LIMIT": str(PG_STACK_CLIENT_LIMIT),
+        "ROLLUP_INGEST_SITE_RATE_LIMIT": str(PG_STACK_SITE_LIMIT),
+    }
+    with running_stack(tmp_path_factory.mktemp("rollup-pg"), env, wait_for_worker=False) as s:
+        yield s
