@@ -280,6 +280,12 @@ def test_ingest_limits_per_client_and_per_site(pg_stack: Stack) -> None:
     assert accepted == PG_STACK_SITE_LIMIT, [r.status_code for r in many]
     assert metric(pg_stack, "rollup_rate_limited_total", 'scope="ingest_client"') >= 4
     assert metric(pg_stack, "rollup_rate_limited_total", 'scope="ingest_site"') >= 6
+    # The shared buckets live in Redis under salted hashes, never under the address.
+    from tests.test_privacy import redis_dump
+
+    blob = redis_dump(pg_stack.data_dir / "redis.sock")
+    assert b"rollup:rl:ingest_client:" in blob
+    assert b"198.51.100." not in blob
     # The other tenant's site has its own budget.
     other = orjson.dumps({"n": "pageview", "u": f"https://{t.b}/", "d": t.b})
     resp = httpx.post(
