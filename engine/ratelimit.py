@@ -1,8 +1,8 @@
 """Rate limits shared by every process through Redis: a sliding window per bucket.
 
 The window is approximated from two fixed windows (the current count plus the previous one
-weighted by how much of it is still in view), checked and counted in one Lua script, so that
-concurrent processes neither race nor over-admit. A bucket name never holds a client address:
+weighted by how much of it is still in view, rounded up so that a boundary never frees a burst),
+checked and counted in one Lua script, so that concurrent processes neither race nor over-admit. A bucket name never holds a client address:
 callers hash it first (see `Ingestor`).
 """
 
@@ -34,7 +34,7 @@ KEY_PREFIX: Final = "rollup:rl:"
 _SCRIPT: Final = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
-local seen = cur + prev * tonumber(ARGV[1])
+local seen = cur + math.ceil(prev * tonumber(ARGV[1]) - 1e-9)
 if seen < tonumber(ARGV[2]) then
   redis.call('INCR', KEYS[1])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -76,10 +76,15 @@ class SharedRateLimiter:
             log.warning("rate limit check failed open: %s", exc)
             return Decision(True, 0)
         cur, prev = int(cur), int(prev)
-        if cur + prev * weight < limit:
+        if cur + _in_view(prev, weight) < limit:
             return Decision(True, 0)
         RATE_LIMITED.labels(scope).inc()
         return Decision(False, _retry_after(cur, prev, limit, window, elapsed))
+
+
+def _in_view(prev: int, weight: float) -> int:
+    """The previous window's requests still counted (as the Lua script counts them)."""
+    return math.ceil(prev * weight - 1e-9)
 
 
 def _retry_after(cur: int, prev: int, limit: int, window: int, elapsed: float) -> int:
@@ -87,6 +92,7 @@ def _retry_after(cur: int, prev: int, limit: int, window: int, elapsed: float) -
     if cur >= limit or prev == 0:
         wait = window - elapsed  # only a new window helps
     else:
-        # prev * (1 - t / window) < limit - cur  =>  t > window * (1 - (limit - cur) / prev)
-        wait = window * (1 - (limit - cur) / prev) - elapsed
+        # ceil(prev * (1 - t / window)) <= limit - cur - 1
+        #   <=>  t >= window * (1 - (limit - cur - 1) / prev)
+        wait = window * (1 - (limit - cur - 1) / prev) - elapsed
     return max(1, math.ceil(wait))
