@@ -1,9 +1,9 @@
 """Rate limits shared by every process through Redis: a sliding window per bucket.
 
-The window is approximated from two fixed windows (the current count plus the previous one
-weighted by how much of it is still in view, rounded up so that a boundary never frees a burst),
-checked and counted in one Lua script, so that concurrent processes neither race nor over-admit. A bucket name never holds a client address:
-callers hash it first (see `Ingestor`).
+The window is approximated from two fixed windows: the current count plus the previous one
+weighted by how much of it is still in view, rounded up so that a boundary never frees a burst.
+One Lua script checks and counts, so concurrent processes neither race nor over-admit. A bucket
+name never holds a client address: callers hash it first (see `Ingestor`).
 """
 
 from __future__ import annotations
