@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config import Settings, load_settings
 from engine.errors import ComponentError, ConfigError, InputError, RollupError
+from engine.redis_conn import connect_redis
 from engine.runtime import Role
 
 log = logging.getLogger("rollup")
@@ -183,7 +184,6 @@ def _sites(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import(settings: Settings, path: Path) -> int:
-    from redis.asyncio import Redis
 
     from engine.ingest import Ingestor, SiteDirectory
     from engine.kafka import HitProducer, ensure_topics
@@ -197,7 +197,7 @@ def _import(settings: Settings, path: Path) -> int:
         sites.update({s.domain: s.timezone for s in repo.list_sites()})
         repo.close()
         await ensure_topics(settings)
-        redis = Redis.from_url(settings.redis_dsn)
+        redis = connect_redis(settings)
         producer = HitProducer(settings)
         await producer.start()
         try:
