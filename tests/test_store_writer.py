@@ -122,3 +122,15 @@ async def test_a_rebalance_during_a_batch_does_not_derive_twice(
     await writer._apply(FakeConsumer(), records(batch))  # type: ignore[arg-type]
     await asyncio.gather(*rebalances)
     assert totals(store) == [(50, 50)] * 3 + [(50, 50)]
+
+
+def test_a_large_insert_is_one_part(store: Store) -> None:
+    """ClickHouse would split an insert of more than ~1M rows into parts, each committed on
+    its own; the writer's replay guard needs all or nothing."""
+    rows = [{"site": "big.test", "src_partition": 0, "src_offset": i} for i in range(1_100_000)]
+    store.insert_rows_sync("rollup_log", rows)
+    parts = store.query_sync(
+        "SELECT count() FROM system.parts WHERE table = 'rollup_log' AND active"
+    )
+    assert parts == [(1,)]
+    assert store.query_sync("SELECT count() FROM rollup_log") == [(1_100_000,)]

@@ -23,6 +23,16 @@ from engine.store.schema import ddl
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# ClickHouse commits an insert part by part, splitting at ~1M rows by default: a crash between
+# parts would leave a batch half-stored under a replay guard that says "all of it". One block,
+# one part, all or nothing.
+_ONE_BLOCK = 1 << 50
+ONE_PART_INSERT = {
+    "max_insert_block_size": _ONE_BLOCK,
+    "min_insert_block_size_rows": _ONE_BLOCK,
+    "min_insert_block_size_bytes": _ONE_BLOCK,
+}
+
 
 def connect(settings: Settings) -> Any:
     try:
@@ -67,7 +77,9 @@ class Store:
         if not rows:
             return
         block = b"\n".join(orjson.dumps(row) for row in rows)
-        self._client.raw_insert(table, insert_block=block, fmt="JSONEachRow")
+        self._client.raw_insert(
+            table, insert_block=block, fmt="JSONEachRow", settings=ONE_PART_INSERT
+        )
 
     def command_sync(self, sql: str) -> None:
         self._client.command(sql)
