@@ -40,6 +40,7 @@ export function TimeChart({ labels, visitors, pageviews }) {
     (width) => ({
       width,
       height: 260,
+      padding: [12, 40, 0, 0], // room for the last time label
       scales: { x: { time: false } },
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },

@@ -20,11 +20,26 @@ const TOP_METRICS = [
   ["visit_duration", "Visit duration", fmtDuration],
 ];
 
+// Panel tabs: [dimension, title, tab label, column heading].
 const PANELS = [
-  { id: "pages", tabs: [["event:page", "Top pages"], ["visit:entry_page", "Entry pages"], ["visit:exit_page", "Exit pages"]] },
-  { id: "sources", tabs: [["visit:source", "Top sources"]] },
-  { id: "locations", tabs: [["visit:country", "Countries"]] },
-  { id: "devices", tabs: [["visit:device", "Devices"], ["visit:browser", "Browsers"], ["visit:os", "Operating systems"]] },
+  {
+    id: "pages",
+    tabs: [
+      ["event:page", "Top pages", "Pages", "Page"],
+      ["visit:entry_page", "Entry pages", "Entry", "Entry page"],
+      ["visit:exit_page", "Exit pages", "Exit", "Exit page"],
+    ],
+  },
+  { id: "sources", tabs: [["visit:source", "Top sources", "Sources", "Source"]] },
+  { id: "locations", tabs: [["visit:country", "Countries", "Countries", "Country"]] },
+  {
+    id: "devices",
+    tabs: [
+      ["visit:device", "Devices", "Devices", "Device"],
+      ["visit:browser", "Browsers", "Browsers", "Browser"],
+      ["visit:os", "Operating systems", "OS", "Operating system"],
+    ],
+  },
 ];
 
 function fmtNumber(n) {
@@ -60,10 +75,10 @@ function Live({ site, apiKey }) {
   const data = live.data;
   return (
     <section class="card live">
-      <div>
+      <div class="now">
         <span class={`dot ${live.error ? "stale" : ""}`} />
         <strong data-testid="live-visitors" data-value={data ? data.visitors : ""}>{data ? fmtNumber(data.visitors) : "–"}</strong>
-        <span class="muted"> current visitors</span>
+        <span class="muted">current visitors</span>
       </div>
       {data && <Sparkline points={data.pageviews_per_minute} />}
       <span class="muted small">pageviews per minute, last 30 minutes</span>
@@ -115,7 +130,7 @@ function TopStats({ site, apiKey, period }) {
   const values = res.data ? res.data.results[0].metrics : null;
   return (
     <section class="card">
-      <div class="top-stats">
+      <div class="top-stats" data-testid="top-stats" data-loaded={res.loading ? "0" : "1"}>
         {TOP_METRICS.map(([metric, label, fmt], i) => (
           <div class="stat" data-testid={`stat-${metric}`} data-value={values ? values[i] : ""}>
             <div class="muted small">{label}</div>
@@ -151,7 +166,7 @@ function OverTime({ site, apiKey, period }) {
     };
   }, [res.data]);
   return (
-    <div data-testid="timeseries" data-dimension={dimension} data-series={series ? JSON.stringify(series) : ""}>
+    <div data-testid="timeseries" data-dimension={dimension} data-loaded={res.loading ? "0" : "1"} data-series={series ? JSON.stringify(series) : ""}>
       {series && <TimeChart {...series} />}
       <ErrorNote error={res.error} />
     </div>
@@ -160,7 +175,7 @@ function OverTime({ site, apiKey, period }) {
 
 function Breakdown({ site, apiKey, period, panel }) {
   const [tab, setTab] = useState(0);
-  const [dimension, title] = panel.tabs[tab];
+  const [dimension, title, , column] = panel.tabs[tab];
   const body = {
     site_id: site,
     metrics: ["visitors"],
@@ -178,18 +193,18 @@ function Breakdown({ site, apiKey, period, panel }) {
         <h3>{title}</h3>
         <nav>
           {panel.tabs.length > 1 &&
-            panel.tabs.map(([dim, label], i) => (
+            panel.tabs.map(([dim, , label], i) => (
               <button class={i === tab ? "tab active" : "tab"} data-testid={`tab-${dim}`} onClick={() => setTab(i)}>
-                {label.replace(/^Top /, "").replace("Operating systems", "OS")}
+                {label}
               </button>
             ))}
         </nav>
       </header>
       <div class="row head muted small">
-        <span>{dimension.split(":")[1].replace("_", " ")}</span>
+        <span>{column}</span>
         <span>Visitors</span>
       </div>
-      <ol data-testid={`rows-${dimension}`} data-loaded={res.data && !res.loading ? "1" : "0"}>
+      <ol data-testid={`rows-${dimension}`} data-loaded={res.loading ? "0" : "1"}>
         {rows.map((r) => (
           <li class="row" data-label={r.dimensions[0]} data-value={r.metrics[0]}>
             <span class="bar" style={{ width: `${(100 * r.metrics[0]) / max}%` }} />

@@ -4,9 +4,10 @@ import { useEffect, useState } from "preact/hooks";
 // a new answer is fetched; a resource refetches when the window regains focus (throttled) and,
 // with `interval`, polls while the page is visible; after an error it retries with exponential
 // back-off (or the server's Retry-After), so a struggling server is not hammered.
+// `loading` is true until data for this very `cacheKey` arrived (older data may still show).
 export function useResource(cacheKey, fetcher, options = {}) {
   const { interval = 0, focusThrottle = 5000, maxBackoff = 60000 } = options;
-  const [state, setState] = useState({ data: undefined, error: undefined, loading: true });
+  const [state, setState] = useState({ key: null, data: undefined, error: undefined, loading: true });
 
   useEffect(() => {
     let alive = true;
@@ -31,12 +32,12 @@ export function useResource(cacheKey, fetcher, options = {}) {
         const data = await fetcher();
         if (!alive) return;
         failures = 0;
-        setState({ data, error: undefined, loading: false });
+        setState({ key: cacheKey, data, error: undefined, loading: false });
         schedule(interval);
       } catch (error) {
         if (!alive) return;
         failures += 1;
-        setState((s) => ({ data: s.data, error, loading: false }));
+        setState((s) => ({ ...s, error, loading: false }));
         // A 4xx other than 429 will not heal by itself: polls keep trying slowly, others stop.
         const transient = !error.status || error.status >= 500 || error.status === 429;
         if (interval || transient) {
@@ -65,5 +66,5 @@ export function useResource(cacheKey, fetcher, options = {}) {
     };
   }, [cacheKey]);
 
-  return state;
+  return { ...state, loading: state.loading || state.key !== cacheKey };
 }
