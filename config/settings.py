@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # RocksDB state of one worker process; two workers on one machine need two directories.
     worker_data_dir: Path | None = None
     log_level: str = "info"
+    # Built dashboard and tracker bundles (`make setup` builds web/ into web/dist).
+    web_dist_dir: Path | None = None
 
     @field_validator("trusted_proxies")
     @classmethod

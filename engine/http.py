@@ -30,6 +30,7 @@ from engine.live import live_summary, realtime_visitors
 from engine.query import plan_query
 from engine.runtime import Role, Runtime
 from engine.sites import ApiKey
+from engine.web import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,11 @@ def build_app(
             Route("/api/v1/stats/realtime/visitors", realtime_visitors_endpoint, methods=["GET"]),
             Route("/api/v1/stats/realtime/live", realtime_live_endpoint, methods=["GET"]),
         ]
+    routes += web_routes(
+        settings.web_dist_dir,
+        dashboard=Role.API in runtime.roles,
+        tracker=bool(runtime.roles & {Role.INGEST, Role.API}),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
