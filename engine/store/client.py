@@ -18,7 +18,7 @@ import orjson
 
 from config import Settings
 from engine.errors import ComponentError
-from engine.store.schema import ddl
+from engine.store.schema import cluster_client_settings, ddl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,7 +27,8 @@ T = TypeVar("T")
 def connect(settings: Settings) -> Any:
     try:
         if settings.clickhouse_url:
-            return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+            extra = cluster_client_settings() if settings.clickhouse_cluster else {}
+            return clickhouse_connect.get_client(dsn=settings.clickhouse_url, settings=extra)
         settings.chdb_path.parent.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
     except Exception as exc:
@@ -48,7 +49,9 @@ class Store:
         self._client = connect(self._settings)
 
     def migrate(self) -> None:
-        for statement in ddl(self._settings.events_retention_days):
+        for statement in ddl(
+            self._settings.events_retention_days, self._settings.clickhouse_cluster
+        ):
             self._client.command(statement)
 
     def close(self) -> None:
