@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from config import Settings
 from engine.errors import AuthError, InputError, QueryError, UnavailableError
+from engine.http_metrics import RequestMetrics
 from engine.ingest import UNAVAILABLE
 from engine.ingest_asgi import FastEventPath
 from engine.live import live_summary, realtime_visitors
@@ -218,7 +219,11 @@ def build_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan if manage_lifespan else None,
-        middleware=[Middleware(FastEventPath, runtime=runtime, settings=settings)],
+        # Outermost first: /api/event answers before the router; RequestMetrics times the rest.
+        middleware=[
+            Middleware(FastEventPath, runtime=runtime, settings=settings),
+            Middleware(RequestMetrics),
+        ],
     )
     app.state.runtime = runtime
     return app

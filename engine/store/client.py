@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import clickhouse_connect
 import orjson
+from prometheus_client import Histogram
 
 from config import Settings
 from engine.errors import ComponentError
@@ -22,6 +24,19 @@ from engine.store.schema import cluster_client_settings, ddl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+INSERT_SECONDS = Histogram(
+    "rollup_store_insert_seconds",
+    "Duration of one ClickHouse insert, by table (failed inserts included)",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INSERT_ROWS = Histogram(
+    "rollup_store_insert_rows",
+    "Rows per ClickHouse insert, by table",
+    ["table"],
+    buckets=(1, 10, 100, 1000, 10_000, 100_000),
+)
 
 
 def connect(settings: Settings) -> Any:
@@ -70,7 +85,12 @@ class Store:
         if not rows:
             return
         block = b"\n".join(orjson.dumps(row) for row in rows)
-        self._client.raw_insert(table, insert_block=block, fmt="JSONEachRow")
+        started = time.perf_counter()
+        try:
+            self._client.raw_insert(table, insert_block=block, fmt="JSONEachRow")
+        finally:
+            INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        INSERT_ROWS.labels(table).observe(len(rows))
 
     def command_sync(self, sql: str) -> None:
         self._client.command(sql)
