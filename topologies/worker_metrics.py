@@ -44,6 +44,7 @@ HEARTBEAT_SECONDS = 5.0
 TABLE_STATS_SECONDS = 15.0
 
 _faust_metrics: Any = None
+_lag_labels: set[tuple[str, str]] = set()
 
 
 class WorkerHealth:
@@ -84,19 +85,27 @@ def faust_sensors(app: faust.App) -> None:
 
 
 def update_lag(app: faust.App) -> None:
-    """Per assigned partition: the broker's log end minus what this worker committed."""
-    committed = dict(app.monitor.tp_committed_offsets or {})
+    """Per assigned partition: the broker's log end minus the offset this worker committed
+    (or resumed from); a partition never committed counts from its start."""
+    consumer: Any = app.consumer
     try:
-        assigned = app.consumer.assignment()
+        assigned = consumer.assignment()
+        # Faust's own record: the committed offsets it sought to at assignment, then each commit.
+        committed = dict(consumer._committed_offset)
     except Exception:  # consumer not started yet, or between generations
         return
+    current = {(tp.topic, str(tp.partition)) for tp in assigned}
+    for labels in _lag_labels - current:  # moved to another worker: not ours to report
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(*labels)
+    _lag_labels.intersection_update(current)
     for tp in assigned:
-        if tp not in committed:
-            continue
         with contextlib.suppress(Exception):
-            end = app.consumer.highwater(tp)
+            end = consumer.highwater(tp)
             if end is not None:
-                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - committed[tp]))
+                lag = max(0, end - (committed.get(tp) or 0))
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+                _lag_labels.add((tp.topic, str(tp.partition)))
 
 
 def _dir_bytes(path: Path) -> int:
