@@ -99,3 +99,19 @@ def test_welcome_lists_what_to_open() -> None:
     assert "generated-token" in text
     quiet = welcome(settings, [], None)
     assert "token" not in quiet and "rollup sites add" in quiet
+
+
+def test_worker_health_readiness_and_liveness() -> None:
+    import time
+
+    from topologies.worker_metrics import STALL_SECONDS, WorkerHealth
+
+    health = WorkerHealth()
+    assert health.status()[0] == 503  # starting: not ready
+    assert health.status(liveness=True)[0] == 200  # but alive, however long recovery takes
+    health.beat(ready=False)
+    assert health.status() == (503, {"worker": "joining group or recovering tables"})
+    health.beat(ready=True)
+    assert health.status() == (200, {"worker": "ok"})
+    health.last_beat = time.monotonic() - STALL_SECONDS - 1
+    assert health.status()[0] == 503 and health.status(liveness=True)[0] == 503

@@ -91,6 +91,9 @@ def test_worker_serves_metrics_and_health(stack: Stack) -> None:
     samples = scrape(f"{worker_url(stack)}/metrics")
     assert value(samples, "rollup_worker_ready") == 1
     assert httpx.get(f"{worker_url(stack)}/nothing", timeout=5).status_code == 404
+    for base in (worker_url(stack), stack.url):
+        live = httpx.get(f"{base}/api/health?probe=liveness", timeout=5)
+        assert live.status_code == 200, live.text
 
 
 def test_metrics_move_after_hits(stack: Stack, site_key: str) -> None:

@@ -59,12 +59,16 @@ class WorkerHealth:
         self.ready = ready
         READY.set(1 if ready else 0)
 
-    def status(self) -> tuple[int, dict[str, str]]:
+    def status(self, liveness: bool = False) -> tuple[int, dict[str, str]]:
+        """Readiness: joined and beating. Liveness (`?probe=liveness`): not stalled; a worker
+        still starting or recovering its tables is alive, however long that takes."""
         if not self.last_beat:
-            return 503, {"worker": "starting"}
+            return (200 if liveness else 503), {"worker": "starting"}
         stalled = time.monotonic() - self.last_beat
         if stalled > STALL_SECONDS:
             return 503, {"worker": f"event loop stalled for {stalled:.0f}s"}
+        if liveness:
+            return 200, {"worker": "alive"}
         if not self.ready:
             return 503, {"worker": "joining group or recovering tables"}
         return 200, {"worker": "ok"}
@@ -136,11 +140,11 @@ def install(app: faust.App, settings: Settings, tables: dict[str, Any]) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/metrics":
             self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/api/health":
-            status, body = HEALTH.status()
+            status, body = HEALTH.status(liveness="probe=liveness" in query.split("&"))
             self._answer(status, orjson.dumps(body), "application/json")
         else:
             self._answer(404, b"not found", "text/plain")
