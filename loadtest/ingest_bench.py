@@ -18,6 +18,7 @@ import uuid
 
 import httpx
 
+from loadtest import progress
 from loadtest.harness import RunningStack, embedded_stack, free_port
 
 UA = (
@@ -104,42 +105,50 @@ def freshness(stack: RunningStack, key: str, samples: int = 5) -> tuple[list[flo
     """Seconds from a 202 to the hit's page showing in /api/v2/query and in the live endpoint."""
     to_query, to_live = [], []
     headers = {"Authorization": f"Bearer {key}"}
-    for _ in range(samples):
-        page = f"/fresh-{uuid.uuid4().hex[:8]}"
-        body = {"n": "pageview", "u": f"https://bench.test{page}", "d": "bench.test"}
-        sent = time.monotonic()
-        resp = httpx.post(f"{stack.url}/api/event", json=body, headers={"User-Agent": UA})
-        assert resp.status_code == 202
-        seen_query = seen_live = None
-        while seen_query is None or seen_live is None:
-            if time.monotonic() - sent > 60:
-                raise RuntimeError("hit never appeared")
-            if seen_query is None:
-                result = httpx.post(
-                    f"{stack.url}/api/v2/query",
-                    headers=headers,
-                    json={
-                        "site_id": "bench.test",
-                        "metrics": ["pageviews"],
-                        "date_range": "30m",
-                        "filters": [["is", "event:page", [page]]],
-                    },
-                ).json()
-                if result["results"][0]["metrics"][0] == 1:
-                    seen_query = time.monotonic() - sent
-            if seen_live is None:
-                live = httpx.get(
-                    f"{stack.url}/api/v1/stats/realtime/live",
-                    headers=headers,
-                    params={"site_id": "bench.test"},
-                ).json()
-                if any(p == page for p, _ in live["top_pages"]) or _page_in(live, page):
-                    seen_live = time.monotonic() - sent
-            time.sleep(0.05)
-        to_query.append(seen_query)
-        to_live.append(seen_live)
-        time.sleep(1.5)
+    with progress.steps("hit -> query and live", samples) as (bars, task):
+        for _ in range(samples):
+            _freshness_sample(stack, headers, to_query, to_live)
+            bars.advance(task)
     return to_query, to_live
+
+
+def _freshness_sample(
+    stack: RunningStack, headers: dict[str, str], to_query: list[float], to_live: list[float]
+) -> None:
+    page = f"/fresh-{uuid.uuid4().hex[:8]}"
+    body = {"n": "pageview", "u": f"https://bench.test{page}", "d": "bench.test"}
+    sent = time.monotonic()
+    resp = httpx.post(f"{stack.url}/api/event", json=body, headers={"User-Agent": UA})
+    assert resp.status_code == 202
+    seen_query = seen_live = None
+    while seen_query is None or seen_live is None:
+        if time.monotonic() - sent > 60:
+            raise RuntimeError("hit never appeared")
+        if seen_query is None:
+            result = httpx.post(
+                f"{stack.url}/api/v2/query",
+                headers=headers,
+                json={
+                    "site_id": "bench.test",
+                    "metrics": ["pageviews"],
+                    "date_range": "30m",
+                    "filters": [["is", "event:page", [page]]],
+                },
+            ).json()
+            if result["results"][0]["metrics"][0] == 1:
+                seen_query = time.monotonic() - sent
+        if seen_live is None:
+            live = httpx.get(
+                f"{stack.url}/api/v1/stats/realtime/live",
+                headers=headers,
+                params={"site_id": "bench.test"},
+            ).json()
+            if any(p == page for p, _ in live["top_pages"]) or _page_in(live, page):
+                seen_live = time.monotonic() - sent
+        time.sleep(0.05)
+    to_query.append(seen_query)
+    to_live.append(seen_live)
+    time.sleep(1.5)
 
 
 def _page_in(live: dict[str, object], page: str) -> bool:
@@ -154,13 +163,17 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("hey"):
         sys.exit("hey is not installed: apt-get install -y hey")
-    base = [baseline(args.seconds, args.concurrency) for _ in range(args.runs)]
+    base = []
+    for run in range(args.runs):
+        with progress.timed(f"baseline run {run + 1}/{args.runs}", args.seconds):
+            base.append(baseline(args.seconds, args.concurrency))
     with embedded_stack() as stack:
         key = stack.add_site("bench.test")
         time.sleep(1.5)
         engine, p99s = [], []
-        for _ in range(args.runs):
-            rps, p99, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
+        for run in range(args.runs):
+            with progress.timed(f"engine run {run + 1}/{args.runs}", args.seconds):
+                rps, p99, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
             engine.append(rps)
             p99s.append(p99)
             print(f"  run: {rps:,.0f} req/s, p99 {p99 * 1000:.1f} ms, status codes {codes}")
