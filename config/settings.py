@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     )
 
     admin_token: str | None = None
+    # Seconds before a Redis call gives up (live counters are skipped, ingest answers 503).
+    redis_timeout_seconds: float = 2.0
     broker_port: int = 9092
     hits_topic: str = "hits"
     rollups_topic: str = "rollups"

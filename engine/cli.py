@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from config import Settings, load_settings
 from engine.errors import ComponentError, ConfigError, InputError, RollupError
 from engine.logs import setup_logging
+from engine.redis_conn import connect_redis
 from engine.runtime import Role
 
 if TYPE_CHECKING:
@@ -217,7 +218,6 @@ def _sites(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import(settings: Settings, path: Path) -> int:
-    from redis.asyncio import Redis
 
     from engine.ingest import Ingestor, SiteDirectory
     from engine.kafka import HitProducer, ensure_topics
@@ -231,7 +231,7 @@ def _import(settings: Settings, path: Path) -> int:
         sites.update({s.domain: s.timezone for s in repo.list_sites()})
         repo.close()
         await ensure_topics(settings)
-        redis = Redis.from_url(settings.redis_dsn)
+        redis = connect_redis(settings)
         producer = HitProducer(settings)
         await producer.start()
         progress = _progress()

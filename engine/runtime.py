@@ -16,6 +16,7 @@ from engine.errors import ComponentError
 from engine.ingest import Ingestor, SiteDirectory
 from engine.kafka import HitProducer, ensure_topics
 from engine.query import sql
+from engine.redis_conn import connect_redis
 from engine.sites import Site, SiteRepository
 from engine.store.client import Store
 from engine.store.writer import StoreWriter
@@ -45,7 +46,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        self.redis = Redis.from_url(s.redis_dsn)
+        self.redis = connect_redis(s)
         try:
             await self.redis.ping()
         except Exception as exc:

@@ -37,6 +37,15 @@ INSERT_ROWS = Histogram(
     ["table"],
     buckets=(1, 10, 100, 1000, 10_000, 100_000),
 )
+# ClickHouse commits an insert part by part, splitting at ~1M rows by default: a crash between
+# parts would leave a batch half-stored under a replay guard that says "all of it". One block,
+# one part, all or nothing.
+_ONE_BLOCK = 1 << 50
+ONE_PART_INSERT = {
+    "max_insert_block_size": _ONE_BLOCK,
+    "min_insert_block_size_rows": _ONE_BLOCK,
+    "min_insert_block_size_bytes": _ONE_BLOCK,
+}
 
 
 def connect(settings: Settings) -> Any:
@@ -87,7 +96,9 @@ class Store:
         block = b"\n".join(orjson.dumps(row) for row in rows)
         started = time.perf_counter()
         try:
-            self._client.raw_insert(table, insert_block=block, fmt="JSONEachRow")
+            self._client.raw_insert(
+                table, insert_block=block, fmt="JSONEachRow", settings=ONE_PART_INSERT
+            )
         finally:
             INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         INSERT_ROWS.labels(table).observe(len(rows))

@@ -235,6 +235,11 @@ _LEVEL_COLUMNS: dict[str, str] = {
 }
 
 
+# Squash the whole result into one block, hence one part: a part is the unit ClickHouse commits
+# atomically, so a crash can never leave a derive half-applied.
+_ONE_BLOCK = 1 << 50
+
+
 def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
     """Fold the log rows of source positions in (low, high] per hits partition into `table`
     (all of the log when `ranges` is None)."""
@@ -256,4 +261,6 @@ def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
         FROM rollup_log
         WHERE {where}
         GROUP BY site, bucket, dim, value
+        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
+                 min_insert_block_size_bytes = {_ONE_BLOCK}
     """
