@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -13,7 +15,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Stack
+from tests.conftest import ROOT, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +215,28 @@ def test_metrics_move_after_hits(stack: Stack, site_key: str) -> None:
 
 def delta_now(stack: Stack, before: Samples, name: str, **labels: str) -> float:
     return value(scrape(f"{stack.url}/metrics"), name, **labels) - value(before, name, **labels)
+
+
+def test_cli_import_prints_its_result_on_stdout(stack: Stack, site_key: str) -> None:
+    # Progress goes to a terminal's stderr only: stdout stays the JSON result.
+    now = time.time()
+    lines = [
+        {
+            "name": "pageview",
+            "url": f"https://{SITE}/imported-{i}",
+            "timestamp": now - 90 - i,
+            "ip": "192.0.2.10",
+            "user_agent": FIREFOX,
+        }
+        for i in range(3)
+    ]
+    path = stack.data_dir / "import.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n{not json\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "import", str(path)],
+        env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    result = orjson.loads(done.stdout)
+    assert result["accepted"] == 3 and result["errors"][0]["line"] == 4
+    assert "\x1b[" not in done.stderr  # no progress bar drawn off a terminal
