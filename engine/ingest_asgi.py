@@ -89,11 +89,21 @@ class FastEventPath:
         return 202, b"ok", _TEXT
 
 
+# Per-status metric children, resolved once: `labels()` takes a lock and builds a key on every
+# call, which this path would pay tens of thousands of times a second.
+_CHILDREN: dict[int, tuple[Any, Any]] = {}
+_EVENT_SECONDS = HTTP_SECONDS.labels(EVENT_PATH)
+
+
 def _record(status: int, seconds: float) -> None:
-    code = str(status)
-    INGEST_REQUESTS.labels(code).inc()
-    HTTP_REQUESTS.labels(EVENT_PATH, code).inc()
-    HTTP_SECONDS.labels(EVENT_PATH).observe(seconds)
+    children = _CHILDREN.get(status)
+    if children is None:
+        code = str(status)
+        children = (INGEST_REQUESTS.labels(code), HTTP_REQUESTS.labels(EVENT_PATH, code))
+        _CHILDREN[status] = children
+    children[0].inc()
+    children[1].inc()
+    _EVENT_SECONDS.observe(seconds)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

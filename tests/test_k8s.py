@@ -247,3 +247,23 @@ def test_kubectl_kustomize_agrees(name: str) -> None:
         assert twin.get("spec") == resource.get("spec"), key(resource)
         assert twin.get("data") == resource.get("data"), key(resource)
         kubernetes_validate.validate(twin, KUBERNETES_VERSION, strict=True)
+
+
+def test_dockerfile_is_multi_stage_non_root_and_complete() -> None:
+    # No Docker engine here: check the file against the project and the manifests.
+    import tomllib
+
+    text = (ROOT / "Dockerfile").read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) >= 2 and " AS build" in stages[0] and " AS runtime" in stages[-1]
+    user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert user and user[-1].split(":")[0] == "10001"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for package in project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+        assert f"COPY {package} {package}" in text, package
+    assert "--no-dev" in text and "--frozen" in text
+    for resource in render(OVERLAYS["base"]):
+        template = resource.get("spec", {}).get("template", {})
+        context = template.get("spec", {}).get("securityContext")
+        if context is not None:
+            assert context["runAsUser"] == 10001, resource["metadata"]["name"]
