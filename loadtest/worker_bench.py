@@ -144,6 +144,16 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: on a shared, noisy machine a steadier figure than
+    wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, Any]:
     """Start the writer (api role) and one worker on the waiting backlog; time the drain."""
     logs = c.settings.data_dir / "logs"
@@ -192,6 +202,7 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
         else:
             raise RuntimeError(f"not drained in {timeout}s")
         rss = peak_rss_mb(worker.pid)
+        worker_cpu, writer_cpu = cpu_seconds(worker.pid), cpu_seconds(api.pid)
     finally:
         bars.stop()
         stop(worker)
@@ -203,6 +214,9 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
         "drain_seconds": round(stored - first, 2),
         "worker_seconds": round((worker_done or stored) - first, 2),
         "hits_per_second": round(expected / (stored - first)),
+        "worker_cpu_seconds": round(worker_cpu, 2),
+        "hits_per_worker_cpu_second": round(expected / worker_cpu),
+        "writer_cpu_seconds": round(writer_cpu, 2),
         "worker_peak_rss_mb": round(rss, 1),
         "session_states": sessions,
     }

@@ -8,18 +8,15 @@ rollups were acknowledged by the broker and their live counters written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 import faust
-from faust.streams import _current_event
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
@@ -31,7 +28,7 @@ from engine.redis_conn import connect_redis
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from sinks.redis_live import LiveCountersSink, LiveUpdate
 from topologies import end_offsets, worker_metrics
-from topologies.session_stage import SessionStage
+from topologies.session_stage import SessionStage, event_context
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +72,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 
 # A live hit is one whose event time is near its arrival; imports of old data skip Redis.
 LIVE_SKEW_SECONDS = 120
-
-
-@contextlib.contextmanager
-def event_context(event: faust.EventT[Any]) -> Iterator[None]:
-    """Make `event` the stream's current event, as Faust's own iteration does, so table writes
-    inside a `take_events` batch go to the changelog partition of the event they came from."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def live_hits(hits: list[Hit], arrived: float) -> dict[str, list[Hit]]:
@@ -161,6 +147,9 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
     async def expire_sessions() -> None:
         sessions.expire()
 
+    # Per batch: (site, arrival minute) -> the minute's state and the last event touching it.
+    live_batch: dict[tuple[str, int], tuple[MinuteState, faust.EventT[Any]]] = {}
+
     async def process_message(event: faust.EventT[Any]) -> tuple[Awaitable[Any], float] | None:
         """Session state, rollups and live state for one hits message; returns the pending send
         of its output and its newest hit time, or None for a message that cannot be decoded."""
@@ -173,8 +162,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                 "skipping undecodable hits message %s/%s", message.partition, message.offset
             )
             return None
-        with event_context(event):
-            session_rows, hits = sessions.process(hits, message.partition, message.offset)
+        session_rows, hits = sessions.process(hits, event)
         output = WorkerOutput(
             message.partition, message.offset, build_rollup_rows(hits), session_rows, hits
         )
@@ -183,16 +171,19 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
             value=encode_output(output),
             partition=message.partition,
         )
-        with event_context(event):
-            for site, site_hits in live_hits(hits, message.timestamp).items():
-                window = live_minutes[site]
-                state = MinuteState.from_bytes(window.current())
-                added = state.apply(site_hits, message.offset)
-                if added is None:
-                    continue  # replayed after a restart: already in the table
-                live_minutes[site] = state.to_bytes()
-                minute = int(message.timestamp // 60) * 60
-                live.add(LiveUpdate(site, minute, state, added), message.partition, message.offset)
+        minute = int(message.timestamp // 60) * 60  # the window Faust picks for this event
+        for site, site_hits in live_hits(hits, message.timestamp).items():
+            cached = live_batch.get((site, minute))
+            if cached is None:
+                with event_context(event):
+                    state = MinuteState.from_bytes(live_minutes[site].current())
+            else:
+                state = cached[0]
+            added = state.apply(site_hits, message.offset)
+            if added is None:
+                continue  # replayed after a restart: already in the table
+            live_batch[(site, minute)] = (state, event)
+            live.add(LiveUpdate(site, minute, state, added), message.partition, message.offset)
         HITS_PROCESSED.inc(len(hits))
         MESSAGES_PROCESSED.inc()
         return sent, max((h["ts"] for h in hits), default=0.0)
@@ -206,6 +197,12 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
             if processed is not None:
                 sends.append(processed[0])
                 newest_ts = max(newest_ts, processed[1])
+        # One table write per key per batch, under the last event that touched the key.
+        sessions.end_batch()
+        for (site, _minute), (state, event) in live_batch.items():
+            with event_context(event):
+                live_minutes[site] = state.to_bytes()
+        live_batch.clear()
         # The batch's offsets are acknowledged when this returns: only once every output is
         # acknowledged by the broker.
         await asyncio.gather(*sends)
