@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from loadtest import progress
 from loadtest.harness import RunningStack, embedded_stack, free_port
 from loadtest.results import Target, write_result
 
@@ -188,14 +189,18 @@ def p99(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not shutil.which("hey"):
         sys.exit("hey is not installed: apt-get install -y hey")
-    base = [baseline(args.seconds, args.concurrency) for _ in range(args.runs)]
+    base = []
+    for number in range(args.runs):
+        with progress.timed(f"baseline run {number + 1}/{args.runs}", args.seconds):
+            base.append(baseline(args.seconds, args.concurrency))
     print(f"  bare server: {[round(b) for b in base]} req/s", flush=True)
     with embedded_stack() as stack:
         key = stack.add_site("bench.test")
         time.sleep(1.5)
         engine, p99s, all_codes = [], [], []
-        for _ in range(args.runs):
-            rps, tail, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
+        for number in range(args.runs):
+            with progress.timed(f"engine run {number + 1}/{args.runs}", args.seconds):
+                rps, tail, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
             engine.append(rps)
             p99s.append(tail)
             all_codes.append(codes)

@@ -35,6 +35,7 @@ from config import Settings, load_settings
 from engine.hits import Hit, decode_hits, encode_hits
 from engine.kafka import ensure_topics
 from engine.stack import EmbeddedStack
+from loadtest import progress
 from loadtest.harness import free_port
 from loadtest.results import Target, write_result
 from loadtest.synthetic import hits_stream, messages, site_names
@@ -176,6 +177,10 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     first = worker_done = stored = None
     sessions = 0.0
+    bars = progress.progress()  # on a terminal only; results stay on stdout
+    processed_task = bars.add_task("worker: hits processed", total=expected)
+    stored_task = bars.add_task("store: event rows", total=expected)
+    bars.start()
     try:
         while time.monotonic() - started < timeout:
             if worker.poll() is not None:
@@ -188,6 +193,8 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
                 worker_done = now
                 sessions = metric(worker_metrics, "rollup_worker_session_states")
             rows = metric(api_metrics, "rollup_store_rows_total", {"table": "events"})
+            bars.update(processed_task, completed=processed)
+            bars.update(stored_task, completed=rows)
             if rows >= expected:
                 stored = now
                 break
@@ -197,6 +204,7 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
         rss = peak_rss_mb(worker.pid)
         worker_cpu, writer_cpu = cpu_seconds(worker.pid), cpu_seconds(api.pid)
     finally:
+        bars.stop()
         stop(worker)
         stop(api)
     assert first is not None and stored is not None

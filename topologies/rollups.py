@@ -27,7 +27,7 @@ from engine.live_state import MinuteState
 from engine.redis_conn import connect_redis
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from sinks.redis_live import LiveCountersSink, LiveUpdate
-from topologies import end_offsets
+from topologies import end_offsets, worker_metrics
 from topologies.session_stage import SessionStage, event_context
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,10 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         sessions_table, settings.session_lateness_seconds, settings.session_state_idle_seconds
     )
 
+    worker_metrics.install(
+        app, settings, {"live-minutes": live_minutes.table, "sessions": sessions_table}
+    )
+
     @app.timer(interval=settings.session_expiry_interval)  # type: ignore[untyped-decorator]
     async def expire_sessions() -> None:
         sessions.expire()
@@ -211,6 +215,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         if newest_ts:
             LAG_SECONDS.observe(max(0.0, time.time() - newest_ts))
         BATCH_SECONDS.observe(time.monotonic() - started)
+        worker_metrics.BATCH_MESSAGES.observe(len(events))
 
     @app.agent(hits_topic, name="rollups")
     async def rollups(stream: faust.StreamT[bytes]) -> None:
@@ -238,5 +243,13 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     app = build_worker_app(settings)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    from engine.logs import dict_config
+
+    # Text mode keeps Faust's own (colour) log setup; json replaces it.
+    logging_config = (
+        dict_config(settings.log_level, "json") if settings.log_format == "json" else None
+    )
+    worker = Worker(
+        app, loglevel=settings.log_level.upper(), quiet=True, logging_config=logging_config
+    )
     worker.execute_from_commandline()
