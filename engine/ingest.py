@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -230,6 +231,9 @@ class Ingestor:
         referrer = clean_referrer(event.referrer, event.hostname)
         source = source_of(event.utm_source, referrer)
         hits: list[Hit] = []
+        # Whole milliseconds, as ClickHouse stores them: every table then puts a hit at
+        # hh:mm:59.9996 in the same minute.
+        ts = math.floor(ts * 1000) / 1000
         for domain in event.domains:
             timezone = self._sites.timezones.get(domain)
             if timezone is None:

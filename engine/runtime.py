@@ -17,6 +17,7 @@ from engine.ingest import Ingestor, SiteDirectory
 from engine.kafka import HitProducer, ensure_topics
 from engine.query import sql
 from engine.ratelimit import SharedRateLimiter
+from engine.redis_conn import connect_redis
 from engine.sites import Site, SiteRepository
 from engine.store.client import Store
 from engine.store.writer import StoreWriter
@@ -47,7 +48,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        self.redis = Redis.from_url(s.redis_dsn)
+        self.redis = connect_redis(s)
         try:
             await self.redis.ping()
         except Exception as exc:

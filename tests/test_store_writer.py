@@ -3,6 +3,7 @@ the rollup levels, on a real chDB store (no broker: the consumer is a stand-in).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,39 @@ async def test_levels_catch_up_after_a_crash_between_log_and_levels(store: Store
     assert totals(store)[:3] == [(2, 2)] * 3
     await restarted.reload_applied()  # idempotent
     assert totals(store)[:3] == [(2, 2)] * 3
+
+
+async def test_a_rebalance_during_a_batch_does_not_derive_twice(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka runs the rebalance listener (reload and catch-up) while a batch may be in the
+    middle of being applied, e.g. when a frozen writer resumes after its session timed out."""
+    now = time.time()
+    writer = StoreWriter(store._settings, store)
+    await writer.reload_applied()
+    real_command = store.command
+    rebalances: list[asyncio.Task[None]] = []
+
+    async def command_with_a_rebalance(sql: str) -> None:
+        if not rebalances:  # the batch's first level insert: the listener fires right now
+            rebalances.append(asyncio.create_task(writer.reload_applied()))
+            await asyncio.sleep(0.5)
+        await real_command(sql)
+
+    monkeypatch.setattr(store, "command", command_with_a_rebalance)
+    batch = [output(2, o, [hit(f"/{o}", o, now)]) for o in range(50)]
+    await writer._apply(FakeConsumer(), records(batch))  # type: ignore[arg-type]
+    await asyncio.gather(*rebalances)
+    assert totals(store) == [(50, 50)] * 3 + [(50, 50)]
+
+
+def test_a_large_insert_is_one_part(store: Store) -> None:
+    """ClickHouse would split an insert of more than ~1M rows into parts, each committed on
+    its own; the writer's replay guard needs all or nothing."""
+    rows = [{"site": "big.test", "src_partition": 0, "src_offset": i} for i in range(1_100_000)]
+    store.insert_rows_sync("rollup_log", rows)
+    parts = store.query_sync(
+        "SELECT count() FROM system.parts WHERE table = 'rollup_log' AND active"
+    )
+    assert parts == [(1,)]
+    assert store.query_sync("SELECT count() FROM rollup_log") == [(1_100_000,)]

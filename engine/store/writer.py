@@ -39,6 +39,7 @@ REPLAYS_SKIPPED = Counter(
 )
 BAD_MESSAGES = Counter("rollup_store_bad_messages_total", "Undecodable worker output messages")
 INSERT_FAILURES = Counter("rollup_store_insert_failures_total", "Failed inserts", ["table"])
+INSERT_RETRIES = Counter("rollup_store_insert_retries_total", "Inserts tried again", ["table"])
 APPLIED_OFFSET = Gauge(
     "rollup_store_applied_offset", "Highest hits offset stored", ["table", "partition"]
 )
@@ -82,6 +83,9 @@ class StoreWriter:
         self.healthy = False
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
+        # The rebalance listener runs on aiokafka's coordinator task, concurrently with a batch
+        # being applied: without this lock both could derive the same log range into a level.
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.reload_applied()
@@ -95,6 +99,10 @@ class StoreWriter:
             self._task = None
 
     async def reload_applied(self) -> None:
+        async with self._lock:
+            await self._reload_applied()
+
+    async def _reload_applied(self) -> None:
         for target in self.targets:
             target.applied = await self.store.applied_offsets(target.table)
         for table in self.levels:
@@ -158,6 +166,16 @@ class StoreWriter:
                 await consumer.stop()
 
     async def _apply(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, Any]) -> None:
+        async with self._lock:
+            await self._store(batches)
+        # Outside the lock: a commit can wait for a rebalance whose listener waits for the lock.
+        # A lost commit only means replays, which ClickHouse's own record skips.
+        try:
+            await consumer.commit()
+        except KafkaError as exc:
+            log.info("offset commit skipped (%s); replays will be recognised", exc)
+
+    async def _store(self, batches: dict[TopicPartition, Any]) -> None:
         newest: dict[str, dict[int, int]] = {target.table: {} for target in self.targets}
         for records in batches.values():
             for record in records:
@@ -182,7 +200,6 @@ class StoreWriter:
                 target.applied[partition] = offset
                 APPLIED_OFFSET.labels(target.table, str(partition)).set(offset)
         await self.derive_levels()
-        await consumer.commit()
 
     async def _flush(self, target: Target) -> int:
         for attempt in range(3):
@@ -192,5 +209,6 @@ class StoreWriter:
                 INSERT_FAILURES.labels(target.table).inc()
                 if attempt == 2:
                     raise  # uncommitted: the consumer restarts and Kafka delivers these again
+                INSERT_RETRIES.labels(target.table).inc()
                 await asyncio.sleep(0.5 * (attempt + 1))
         return 0
