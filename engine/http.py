@@ -52,7 +52,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 # One answer for a wrong key, an unknown site and a site the key may not read, so that a key
 # cannot probe which sites exist.
-UNAUTHORISED = "invalid API key, or the key may not read this site"
+def unauthorised(site_id: Any) -> str:
+    """Names the site asked for (the field at fault) and nothing the key could learn from."""
+    return f"invalid API key, or the key may not read site {str(site_id)[:200]!r}"
+
+
 NO_KEY = "missing API key: send Authorization: Bearer <key>"
 # Realtime endpoints are polled by open dashboards every few seconds: a bucket of their own,
 # this many times the key's hourly Stats API limit.
@@ -121,7 +125,7 @@ def build_app(
     async def authorise(request: Request, site_id: Any) -> ApiKey:
         key = await lookup_key(request)
         if key is None or not isinstance(site_id, str) or site_id not in key.domains:
-            raise AuthError(UNAUTHORISED)
+            raise AuthError(unauthorised(site_id))
         return key
 
     async def over_limit(scope: str, key: ApiKey, limit: int) -> Response | None:
@@ -148,12 +152,12 @@ def build_app(
         except AuthError as error:
             key, message = None, str(error)
         else:
-            message = UNAUTHORISED
-        body: Any = None
-        if key is not None:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+            message = ""
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+            if key is not None:  # only a key holder learns what is wrong with the body
                 QUERIES.labels("400", "").inc()
                 reject("query", "invalid_json")
                 return json_response({"error": "body: invalid JSON (or not UTF-8)"}, 400)
@@ -161,7 +165,7 @@ def build_app(
         if key is None or not isinstance(site_id, str) or site_id not in key.domains:
             QUERIES.labels("401", "").inc()
             reject("query", "unauthorized")
-            return json_response({"error": message}, 401)
+            return json_response({"error": message or unauthorised(site_id)}, 401)
         limited = await over_limit("stats_key", key, key.rate_limit_per_hour)
         if limited is not None:
             QUERIES.labels("429", "").inc()
