@@ -94,7 +94,7 @@ def check_event_invariants(event: Any) -> None:
     orjson.dumps([event.name, event.url, event.page, event.referrer, event.props, event.domains])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(body=raw_bodies | event_objects())
 def test_event_parser_accepts_within_limits_or_names_the_field(
     body: bytes | dict[str, Any],

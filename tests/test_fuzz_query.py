@@ -181,7 +181,7 @@ def bodies(draw: st.DrawFn) -> Any:
 PARSED = {"ok": 0, "rejected": 0}
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(body=bodies() | JSON)
 def test_query_parser_answers_a_plan_or_a_query_error(body: Any) -> None:
     try:
