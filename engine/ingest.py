@@ -33,6 +33,11 @@ DROPPED = Counter("rollup_ingest_dropped_total", "Events dropped on purpose", ["
 REJECTED = Counter("rollup_ingest_rejected_total", "Requests rejected as invalid", ["field"])
 RATE_LIMITED = Counter("rollup_ingest_rate_limited_total", "Requests refused by the rate limit")
 UNAVAILABLE = Counter("rollup_ingest_unavailable_total", "Requests answered 503")
+VITALS_DROPPED = Counter(
+    "rollup_ingest_vitals_dropped_total",
+    "Web vitals dropped as invalid or absurd (the event is kept)",
+    ["vital", "reason"],
+)
 
 MAX_IMPORT_ERRORS = 100
 
@@ -40,6 +45,11 @@ MAX_IMPORT_ERRORS = 100
 def count_rejection(error: InputError) -> None:
     for field_name in error.errors:
         REJECTED.labels(field_name).inc()
+
+
+def count_dropped_vitals(event: ParsedEvent) -> None:
+    for vital, reason in event.dropped_vitals:
+        VITALS_DROPPED.labels(vital, reason).inc()
 
 
 class SiteDirectory:
@@ -142,6 +152,7 @@ class Ingestor:
         except InputError as error:
             count_rejection(error)
             raise
+        count_dropped_vitals(event)
         now = time.time()
         salts = await self._salts.salts(dt.datetime.fromtimestamp(now, dt.UTC))
         result = IngestResult()
@@ -178,6 +189,7 @@ class Ingestor:
             except InputError as error:
                 self._import_error(result, number, error.errors)
                 continue
+            count_dropped_vitals(event)
             day = dt.datetime.fromtimestamp(ts, dt.UTC).date()
             salt = day_salts.setdefault(day, os.urandom(16))
             # The day before gets a salt too, so sessions of this import span midnight.
