@@ -25,6 +25,13 @@ MAX_PROPS: Final = 30
 MAX_PROP_KEY_BYTES: Final = 300
 MAX_PROP_VALUE_BYTES: Final = 2000
 VITALS: Final[frozenset[str]] = frozenset({"ttfb", "fcp", "lcp", "inp", "cls"})
+# Above these a vital is absurd (an hour of milliseconds; CLS is a unitless score): dropped.
+MAX_VITAL_MS: Final = 3_600_000.0
+MAX_CLS: Final = 100.0
+# Label values of a dropped vital whose key is not one of VITALS, or of a non-object `vitals`
+# (never the client's own key: it would make the metric's label set unbounded).
+UNKNOWN_VITAL: Final = "unknown"
+ALL_VITALS: Final = "vitals"
 # Beyond Decimal64(3) range downstream; such an amount is a client bug, not a sale.
 MAX_REVENUE_AMOUNT: Final = Decimal("1e15")
 # 9999-12-31T23:59:59Z: anything later is most likely epoch milliseconds sent as seconds.
@@ -67,6 +74,8 @@ class ParsedEvent:
     interactive: bool
     revenue: dict[str, str] | None
     vitals: dict[str, float] | None
+    # (vital, reason) of each vital dropped as invalid or absurd; the event itself is kept.
+    dropped_vitals: tuple[tuple[str, str], ...] = ()
 
 
 def parse_event_body(body: bytes | str | dict[str, Any]) -> ParsedEvent:
@@ -179,7 +188,7 @@ def _parse_fields(obj: dict[str, Any], errors: Errors) -> ParsedEvent | None:
     elif not isinstance(interactive, bool):
         _add(errors, "interactive", "must be a boolean")
     revenue = _revenue(_field(obj, "revenue", "$"))
-    vitals = _vitals(obj.get("vitals"), errors)
+    vitals, dropped_vitals = _vitals(obj.get("vitals"))
     if errors or name is None or url is None or props is None:
         return None
 
@@ -211,6 +220,7 @@ def _parse_fields(obj: dict[str, Any], errors: Errors) -> ParsedEvent | None:
         interactive=bool(interactive),
         revenue=revenue,
         vitals=vitals,
+        dropped_vitals=dropped_vitals,
     )
 
 
@@ -325,29 +335,35 @@ def _revenue(value: Any) -> dict[str, str] | None:
     return {"currency": currency.strip().upper(), "amount": str(number)}
 
 
-def _vitals(value: Any, errors: Errors) -> dict[str, float] | None:
+def _vitals(value: Any) -> tuple[dict[str, float] | None, tuple[tuple[str, str], ...]]:
+    """Valid vitals, and (vital, reason) for each one dropped. Never an error: a bad vital
+    says nothing against the pageview it rides on."""
     if value is None:
-        return None
+        return None, ()
     decoded = _json_object(value)
     if not isinstance(decoded, dict):
-        _add(errors, "vitals", "must be an object")
-        return None
+        return None, ((ALL_VITALS, "not_object"),)
     vitals: dict[str, float] = {}
+    dropped: list[tuple[str, str]] = []
     for key, raw in decoded.items():
         if key not in VITALS:
-            _add(errors, "vitals", f"unknown vital {str(key)[:50]!r}")
+            dropped.append((UNKNOWN_VITAL, "unknown_key"))
         elif raw is None:
-            continue
+            continue  # not measured on this page load
         elif (
             isinstance(raw, bool)
             or not isinstance(raw, int | float)
-            or not math.isfinite(raw)
-            or raw < 0
+            # isfinite only on floats: a huge int would overflow it (it is caught as too large)
+            or (isinstance(raw, float) and not math.isfinite(raw))
         ):
-            _add(errors, "vitals", f"{key} must be a non-negative number")
+            dropped.append((key, "not_a_number"))
+        elif raw < 0:
+            dropped.append((key, "negative"))
+        elif raw > (MAX_CLS if key == "cls" else MAX_VITAL_MS):
+            dropped.append((key, "too_large"))
         else:
             vitals[key] = float(raw)
-    return vitals or None
+    return vitals or None, tuple(dropped)
 
 
 def _timestamp(value: Any, errors: Errors) -> float | None:

@@ -34,6 +34,11 @@ ACCEPTED = Counter("rollup_ingest_accepted_total", "Hits accepted and acknowledg
 DROPPED = Counter("rollup_ingest_dropped_total", "Events dropped on purpose", ["reason"])
 REJECTED = Counter("rollup_ingest_rejected_total", "Requests rejected as invalid", ["field"])
 UNAVAILABLE = Counter("rollup_ingest_unavailable_total", "Requests answered 503")
+VITALS_DROPPED = Counter(
+    "rollup_ingest_vitals_dropped_total",
+    "Web vitals dropped as invalid or absurd (the event is kept)",
+    ["vital", "reason"],
+)
 
 MAX_IMPORT_ERRORS = 100
 
@@ -42,6 +47,11 @@ def count_rejection(error: InputError, endpoint: str = "event") -> None:
     for field_name in error.errors:
         REJECTED.labels(field_name).inc()
     reject(endpoint, reason_of(error))
+
+
+def count_dropped_vitals(event: ParsedEvent) -> None:
+    for vital, reason in event.dropped_vitals:
+        VITALS_DROPPED.labels(vital, reason).inc()
 
 
 class SiteDirectory:
@@ -151,6 +161,7 @@ class Ingestor:
         except InputError as error:
             count_rejection(error)
             raise
+        count_dropped_vitals(event)
         now = time.time()
         salts = await self._salts.salts(dt.datetime.fromtimestamp(now, dt.UTC))
         result = IngestResult()
@@ -188,6 +199,7 @@ class Ingestor:
             except InputError as error:
                 self._import_error(result, number, error.errors)
                 continue
+            count_dropped_vitals(event)
             day = dt.datetime.fromtimestamp(ts, dt.UTC).date()
             salt = day_salts.setdefault(day, os.urandom(16))
             # The day before gets a salt too, so sessions of this import span midnight.

@@ -2,6 +2,10 @@
 
 Each row carries its counts and the visitor hashes behind them; ClickHouse turns the hashes
 into mergeable unique-count states, so a day's visitors are not the sum of its minutes'.
+Likewise each row carries the web vitals samples of its hits (one list per vital), which
+ClickHouse folds into mergeable quantile sketches. Vitals ride on session-only events
+(`engagement`), which count nothing: such a hit adds its vitals to its cells and nothing else,
+so a cell may hold vitals only (events = 0).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import msgpack
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
 from engine.hits import Hit
 
-ROLLUP_CODEC_VERSION = 2
+# 3: the vitals columns. Version 2 messages (no vitals) are still read.
+ROLLUP_CODEC_VERSION = 3
+_READABLE_VERSIONS = (2, ROLLUP_CODEC_VERSION)
+VITAL_COLUMNS = ("ttfb", "fcp", "lcp", "inp", "cls")
 ROLLUP_COLUMNS = (
     "site",
     "minute",
@@ -27,6 +34,7 @@ ROLLUP_COLUMNS = (
     "pageviews",
     "events",
     "hashes",
+    *VITAL_COLUMNS,
 )
 _DIMENSION_FIELDS = tuple(FIELD_OF.items())
 
@@ -54,6 +62,7 @@ class _Cell:
     pageviews: int = 0
     events: int = 0
     hashes: set[int] = field(default_factory=set)
+    vitals: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,7 +80,10 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
     tz_of: dict[tuple[str, int], int] = {}
     for hit in hits:
         name = hit["name"]
-        if name in SESSION_ONLY_EVENTS:
+        vitals = hit.get("vitals") or {}
+        samples = [(v, float(vitals[v])) for v in VITAL_COLUMNS if vitals.get(v) is not None]
+        counted = name not in SESSION_ONLY_EVENTS
+        if not counted and not samples:
             continue
         site = hit["site"]
         minute = minute_of(hit["ts"])
@@ -89,9 +101,12 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
             cell = cells.get(key)
             if cell is None:
                 cell = cells[key] = _Cell()
-            cell.events += 1
-            cell.pageviews += is_pageview
-            cell.hashes.add(vid)
+            if counted:
+                cell.events += 1
+                cell.pageviews += is_pageview
+                cell.hashes.add(vid)
+            for vital, sample in samples:
+                cell.vitals.setdefault(vital, []).append(sample)
     columns: dict[str, list[Any]] = {name: [] for name in ROLLUP_COLUMNS}
     for (site, minute, dim, value), cell in cells.items():
         columns["site"].append(site)
@@ -102,6 +117,8 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
         columns["pageviews"].append(cell.pageviews)
         columns["events"].append(cell.events)
         columns["hashes"].append(sorted(cell.hashes))
+        for vital in VITAL_COLUMNS:
+            columns[vital].append(cell.vitals.get(vital, []))
     return RollupBatch(columns)
 
 
@@ -131,13 +148,18 @@ def encode_output(output: WorkerOutput) -> bytes:
 
 def decode_output(payload: bytes) -> WorkerOutput:
     body = msgpack.unpackb(payload, raw=False)
-    if not isinstance(body, dict) or body.get("v") != ROLLUP_CODEC_VERSION:
-        raise ValueError(f"not a worker output message of codec version {ROLLUP_CODEC_VERSION}")
+    if not isinstance(body, dict) or body.get("v") not in _READABLE_VERSIONS:
+        raise ValueError(f"not a worker output message of codec version {_READABLE_VERSIONS}")
     src_partition, src_offset = body["src"]
+    rows: dict[str, list[Any]] = body["rows"]
+    for vital in VITAL_COLUMNS:
+        # A version 2 message (written before an upgrade) has no vitals: empty per row.
+        if vital not in rows:
+            rows[vital] = [[] for _ in rows["site"]]
     return WorkerOutput(
         int(src_partition),
         int(src_offset),
-        RollupBatch(body["rows"]),
+        RollupBatch(rows),
         list(body.get("sessions") or []),
         list(body.get("hits") or []),
     )

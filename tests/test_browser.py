@@ -433,6 +433,21 @@ def test_tracker_pageviews_events_and_vitals(stack: Stack, browser: Browser) -> 
     assert table("event:name", "events") == {"pageview": 3, "Signup": 1}
     assert table("event:props:plan", "events") == {"pro": 1, "(not set)": 3}
 
+    # The vitals the browser sent are the page's p75 (one sample: itself, within the sketch's
+    # 0.5%, plus the rounding of the answer); the page loaded by pushState has none.
+    metric_names = [f"{v}_p75" for v in sorted(vitals)]
+    answer = api.query(
+        {"metrics": metric_names, "date_range": date_range, "dimensions": ["event:page"]}
+    )
+    p75 = {r["dimensions"][0]: dict(zip(metric_names, r["metrics"], strict=True))
+           for r in answer["results"]}  # fmt: skip
+    assert set(p75) == {"/", "/pricing"}
+    assert all(v is None for v in p75["/pricing"].values()), p75
+    for name, sample in vitals.items():
+        got = p75["/"][f"{name}_p75"]
+        half_unit = 0.0005 if name == "cls" else 0.5
+        assert got is not None and abs(got - sample) <= 0.005 * sample + half_unit, (name, got)
+
 
 def test_tracker_respects_do_not_track(stack: Stack, browser: Browser) -> None:
     shop = Shop(stack, f'data-domain="{SHOP_SITE}" data-respect-dnt')

@@ -89,7 +89,7 @@ def test_body_must_be_object(body: Any) -> None:
 
 def test_all_errors_collected() -> None:
     errors = errors_of({"u": "ftp://x.test/", "p": [1], "i": "yes", "vitals": {"lcp": -1}})
-    assert set(errors) == {"name", "url", "props", "interactive", "vitals"}
+    assert set(errors) == {"name", "url", "props", "interactive"}  # a bad vital is no error
 
 
 # --- name / url / domain --------------------------------------------------------------------
@@ -264,17 +264,49 @@ def test_revenue(revenue: Any, expected: dict[str, str] | None) -> None:
 def test_vitals() -> None:
     vitals = {"ttfb": 120, "fcp": 800.5, "lcp": 1900, "inp": 80, "cls": 0.05}
     assert parse(vitals=vitals).vitals == {k: float(v) for k, v in vitals.items()}
+    assert parse(vitals=vitals).dropped_vitals == ()
     assert parse(vitals={"lcp": 1000, "cls": None}).vitals == {"lcp": 1000.0}
     assert parse(vitals={}).vitals is None
     assert parse(vitals=None).vitals is None
+    assert parse(vitals=json.dumps({"lcp": 5})).vitals == {"lcp": 5.0}
+
+
+def test_vitals_at_the_limits_are_kept() -> None:
+    edge = {"ttfb": 3_600_000, "fcp": 0, "lcp": 3_600_000.0, "inp": 0.0, "cls": 100}
+    event = parse(vitals=edge)
+    assert event.vitals == {k: float(v) for k, v in edge.items()}
+    assert event.dropped_vitals == ()
 
 
 @pytest.mark.parametrize(
-    "vitals",
-    [{"lcp": -1}, {"lcp": "fast"}, {"lcp": True}, {"fid": 10}, [1], "x", {"lcp": float("inf")}],
+    ("vitals", "kept", "dropped"),
+    [
+        ({"lcp": -1, "fcp": 900}, {"fcp": 900.0}, (("lcp", "negative"),)),
+        ({"lcp": "fast"}, None, (("lcp", "not_a_number"),)),
+        ({"lcp": True}, None, (("lcp", "not_a_number"),)),
+        ({"lcp": [1]}, None, (("lcp", "not_a_number"),)),
+        ({"lcp": float("inf")}, None, (("lcp", "not_a_number"),)),
+        ({"inp": float("nan")}, None, (("inp", "not_a_number"),)),
+        ({"ttfb": 3_600_000.5}, None, (("ttfb", "too_large"),)),
+        ({"inp": 10**400}, None, (("inp", "too_large"),)),
+        ({"cls": 100.01, "lcp": 2000}, {"lcp": 2000.0}, (("cls", "too_large"),)),
+        ({"fid": 10, "cls": 0.1}, {"cls": 0.1}, (("unknown", "unknown_key"),)),
+        ([1], None, (("vitals", "not_object"),)),
+        ("x", None, (("vitals", "not_object"),)),
+        (
+            {"ttfb": -5, "fcp": 1e12, "lcp": "x", "inp": 40, "cls": 7},
+            {"inp": 40.0, "cls": 7.0},
+            (("ttfb", "negative"), ("fcp", "too_large"), ("lcp", "not_a_number")),
+        ),
+    ],
 )
-def test_bad_vitals(vitals: Any) -> None:
-    assert list(errors_of({**BASE, "vitals": vitals})) == ["vitals"]
+def test_bad_vitals_are_dropped_and_the_event_kept(
+    vitals: Any, kept: dict[str, float] | None, dropped: tuple[tuple[str, str], ...]
+) -> None:
+    event = parse(vitals=vitals)  # never a 400
+    assert event.name == "pageview" and event.page == "/blog/post"
+    assert event.vitals == kept
+    assert event.dropped_vitals == dropped
 
 
 # --- import lines ---------------------------------------------------------------------------

@@ -75,7 +75,14 @@ def test_full_body() -> None:
         ({"metrics": "visitors"}, "metrics"),
         ({"metrics": ["visitors", "visitors"]}, "twice"),
         ({"metrics": ["bogus"]}, "unknown metric 'bogus'"),
-        ({"metrics": ["lcp_p75"]}, "'lcp_p75' is not supported yet"),
+        (
+            {"metrics": ["lcp_p75"], "dimensions": ["visit:entry_page"]},
+            "metric lcp_p75: cannot be combined with visit:entry_page",
+        ),
+        (
+            {"metrics": ["visitors", "cls_p75"], "filters": [["is", "visit:exit_page", ["/"]]]},
+            "metric cls_p75: cannot be combined with visit:exit_page",
+        ),
         ({"metrics": ["percentage"]}, "percentage"),
         ({"metrics": ["percentage"], "dimensions": ["time:day"]}, "non-time dimension"),
         ({"date_range": None}, "date_range"),

@@ -192,3 +192,65 @@ def test_rollup_reads_the_dimension_rows() -> None:
     assert "dim = 'visit:source'" in sql
     assert "(value IN ('Direct / None', 'Google') OR value = '')" in sql
     assert "dim = ''" in plan().statements[0]
+
+
+# --- web vitals -----------------------------------------------------------------------------
+
+VITALS = ["lcp_p75", "inp_p75", "ttfb_p75", "fcp_p75", "cls_p75"]
+
+
+def test_vitals_read_the_rollup_sketches_and_skip_vitals_only_groups() -> None:
+    p = plan(metrics=["visitors", *VITALS], dimensions=["event:page"], include={"total_rows": True})
+    assert p.table == "rollup_day" and p.columns == ("visitors", *VITALS)
+    main, count = p.statements
+    for col in ("lcp", "inp", "ttfb", "fcp", "cls"):
+        assert f"quantileDDMerge(0.005, 0.75)({col}) AS m_{col}_p75" in main
+    assert "GROUP BY d0 HAVING sum(events) > 0 ORDER BY m_visitors DESC" in main
+    assert "HAVING sum(events) > 0" in count
+    # An aggregate has no groups to drop.
+    assert "HAVING" not in plan(metrics=["lcp_p75"]).statements[0]
+    # Ordering by a vital.
+    ordered = plan(metrics=["lcp_p75"], dimensions=["visit:device"], order_by=[["lcp_p75", "asc"]])
+    assert "ORDER BY m_lcp_p75 ASC, d0 ASC" in ordered.statements[0]
+
+
+def test_vitals_on_the_events_table_count_only_counted_events() -> None:
+    p = plan_query(
+        {
+            "site_id": "v.test",
+            "metrics": ["visitors", "events", "lcp_p75", "cls_p75", "percentage"],
+            "date_range": "7d",
+            "dimensions": ["event:page", "visit:device"],
+        },
+        timezone="UTC",
+        now=NOW,
+        first_day=None,
+        table="events",
+    )
+    main, total = p.statements
+    counted = "name NOT IN ('engagement', 'pageleave')"
+    # Rows carrying the vitals asked for are read, whatever their name ...
+    assert f"({counted} OR lcp IS NOT NULL OR cls IS NOT NULL)" in main
+    # ... but count nothing, and make no row on their own.
+    assert f"uniqCombined64If(vid, {counted}) AS m_visitors" in main
+    assert f"countIf({counted}) AS m_events" in main
+    assert "quantileDD(0.005, 0.75)(lcp) AS m_lcp_p75" in main
+    assert f"HAVING countIf({counted}) > 0" in main
+    assert f"uniqCombined64If(vid, {counted})" in total  # the percentage base
+    # Without vitals the events SQL is as before.
+    plain = plan(metrics=["visitors"], dimensions=["event:page", "visit:device"]).statements[0]
+    assert f"AND {counted} AND" in plain and "If(" not in plain and "HAVING" not in plain
+
+
+def test_vitals_with_session_metrics_join_as_event_metrics() -> None:
+    p = plan(metrics=["visits", "lcp_p75"], dimensions=["event:page"])
+    assert p.table == "rollup_day+sessions"
+    assert p.parts[0].metrics == ("lcp_p75",) and p.parts[1].metrics == ("visits",)
+
+
+def test_vitals_render_rounded_and_null_without_samples() -> None:
+    p = plan(metrics=["visitors", "lcp_p75", "cls_p75", "ttfb_p75"], dimensions=["event:page"])
+    assert p.columns == ("visitors", "lcp_p75", "ttfb_p75", "cls_p75")
+    out = p.render([[("/a", 3, 2499.5, 80.4, 0.12345), ("/b", 1, float("nan"), 0.0, None)]])
+    assert [r["metrics"] for r in out["results"]] == [[3, 2500, 0.123, 80], [1, None, None, 0]]
+    assert all(isinstance(r["metrics"][1], int | None) for r in out["results"])

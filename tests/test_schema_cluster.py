@@ -13,12 +13,13 @@ import pytest
 
 from engine.store.schema import SHARDING_KEYS, cluster_client_settings, ddl
 
-# sha256 of the single-node statements as they were before the cluster mode existed: a change
-# here changes what every existing deployment runs at start.
+# sha256 of the single-node statements: a change here changes what every existing deployment
+# runs at start. Changed deliberately once since the cluster mode: issue 8 added the vitals
+# columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades).
 SINGLE_NODE_SHA256 = {
-    90: "44c9a80bad674c86e32ca582445fd454fe9be42de4cca7a963278dba468b5870",
-    1: "37dde1430551efb709f90d9f4ec8f34aa72ebdccc3dfb76a34406ff0b39ce2c6",
-    400: "aa3353007438c074ba42ae92f0b7791b2a3fead73437dcd6133ad79bc157b34b",
+    90: "de1c2fcec26b77d5654b37f5c13e5aff2a1601c5bc4df6dfa952d515810f8654",
+    1: "076e772edfc291b098d028ad4945630864b5f6b652ce5095b3a944e196ffe16b",
+    400: "eabc4942f3d8e3b700292ae475b6f5d5516f869f41147153a373bce0bef9355c",
 }
 TABLES = ("events", "sessions", "rollup_log", "rollup_minute", "rollup_hour", "rollup_day")
 
@@ -71,6 +72,12 @@ def test_cluster_ddl_replicates_and_distributes_every_table() -> None:
     assert "'{replica}', version, is_deleted)" in sessions
     assert "TTL toDate(ts) + INTERVAL 30 DAY" in create_of(cluster, "events_local")
     assert "ORDER BY (site, dim, day, value)" in create_of(cluster, "rollup_day_local")
+    # The vitals columns (issue 8) are carried over like every other column.
+    assert "lcp Array(Float32) DEFAULT []" in create_of(cluster, "rollup_log_local")
+    for level in ("rollup_minute", "rollup_hour", "rollup_day"):
+        local = create_of(cluster, f"{level}_local")
+        for vital in ("ttfb", "fcp", "lcp", "inp", "cls"):
+            assert f"{vital} AggregateFunction(quantileDD(0.005, 0.75), Float64)" in local
 
 
 def test_rows_that_merge_share_a_shard() -> None:

@@ -134,3 +134,33 @@ def test_a_large_insert_is_one_part(store: Store) -> None:
     )
     assert parts == [(1,)]
     assert store.query_sync("SELECT count() FROM rollup_log") == [(1_100_000,)]
+
+
+async def test_vitals_reach_every_level_as_mergeable_sketches(store: Store) -> None:
+    """Engagement hits carry the vitals: they land in the levels' quantile states (for each
+    dimension) without counting as events; an old store gets the columns by migrate."""
+    now = time.time()
+    lcps = [float(100 + 37 * i) for i in range(120)]
+    batch = []
+    for i, lcp in enumerate(lcps):
+        view = hit("/v", i, now)
+        vitals = {**hit("/v", i, now), "name": "engagement", "vitals": {"lcp": lcp, "cls": 0.1}}
+        batch.append(output(3, i, [view, Hit(**vitals)]))  # type: ignore[typeddict-item]
+    writer = StoreWriter(store._settings, store)
+    await writer.reload_applied()
+    await writer._apply(FakeConsumer(), records(batch))  # type: ignore[arg-type]
+    assert totals(store) == [(120, 120)] * 3 + [(240, 120)]
+    ordered = sorted(lcps)
+    rank = 0.75 * (len(ordered) - 1)
+    low = int(rank)
+    exact = ordered[low] + (ordered[low + 1] - ordered[low]) * (rank - low)
+    for table in ("rollup_minute", "rollup_hour", "rollup_day"):
+        for dim, value in (("", ""), ("event:page", "/v"), ("visit:browser", "Firefox")):
+            ((p75, cls, events),) = store.query_sync(
+                "SELECT quantileDDMerge(0.005, 0.75)(lcp), quantileDDMerge(0.005, 0.75)(cls),"
+                f" sum(events) FROM {table} WHERE dim = '{dim}' AND value = '{value}'"
+            )
+            assert abs(p75 - exact) / exact < 0.01, (table, dim, p75, exact)
+            assert abs(cls - 0.1) < 0.001 and events == 120
+    # Migrating again (e.g. a store made before these columns) is a no-op.
+    store.migrate()

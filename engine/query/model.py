@@ -13,7 +13,22 @@ from engine.dimensions import FIELD_OF, TIME_DIMENSIONS
 from engine.errors import QueryError
 
 # Metrics read from the events table or a rollup ("event metrics") and from the sessions table.
-EVENT_METRICS: Final[tuple[str, ...]] = ("visitors", "pageviews", "events", "percentage")
+# Web vitals: the 75th percentile of each vital's samples (a DDSketch, within 0.5%); read
+# where the event metrics are. metric -> the vital's column.
+VITAL_METRICS: Final[dict[str, str]] = {
+    "lcp_p75": "lcp",
+    "inp_p75": "inp",
+    "ttfb_p75": "ttfb",
+    "fcp_p75": "fcp",
+    "cls_p75": "cls",
+}
+EVENT_METRICS: Final[tuple[str, ...]] = (
+    "visitors",
+    "pageviews",
+    "events",
+    "percentage",
+    *VITAL_METRICS,
+)
 SESSION_METRICS: Final[tuple[str, ...]] = (
     "visits",
     "bounce_rate",
@@ -21,13 +36,7 @@ SESSION_METRICS: Final[tuple[str, ...]] = (
     "views_per_visit",
 )
 SUPPORTED_METRICS: Final[tuple[str, ...]] = EVENT_METRICS + SESSION_METRICS
-PENDING_METRICS: Final[tuple[str, ...]] = (
-    "lcp_p75",
-    "inp_p75",
-    "ttfb_p75",
-    "fcp_p75",
-    "cls_p75",
-)
+PENDING_METRICS: Final[tuple[str, ...]] = ()
 # Dimensions only the sessions table knows: API name -> its column there.
 SESSION_DIMENSIONS: Final[dict[str, str]] = {
     "visit:entry_page": "entry_page",
@@ -162,6 +171,13 @@ def parse_query(body: Mapping[str, Any]) -> Query:
 
     if "percentage" in metrics and not any(d not in TIME_DIMENSIONS for d in dimensions):
         raise QueryError("metric percentage: needs a non-time dimension")
+    vitals = [m for m in metrics if m in VITAL_METRICS]
+    session_dims = [
+        d for d in (*dimensions, *filter_dimensions(filters)) if d in SESSION_DIMENSIONS
+    ]
+    if vitals and session_dims:
+        # Only the sessions table knows entry and exit pages, and it holds no vitals.
+        raise QueryError(f"metric {vitals[0]}: cannot be combined with {session_dims[0]}")
     if time_labels and not any(d in TIME_DIMENSIONS for d in dimensions):
         raise QueryError("include.time_labels: needs a time dimension")
     return Query(

@@ -63,6 +63,7 @@ from engine.query.model import (
     EVENT_METRICS,
     SESSION_DIMENSIONS,
     SESSION_METRICS,
+    VITAL_METRICS,
     Direction,
     Query,
     filter_dimensions,
@@ -71,6 +72,7 @@ from engine.query.model import (
     prop_key,
 )
 from engine.query.render import render
+from engine.store.schema import VITALS_SKETCH_PARAMS
 
 TABLES: Final[tuple[str, ...]] = (
     "rollup_day",
@@ -97,6 +99,15 @@ _EVENT_ORDER: Final[dict[str, str]] = {
     "percentage": "m_visitors",
     "pageviews": "m_pageviews",
     "events": "m_events",
+    **{m: f"m_{m}" for m in VITAL_METRICS},
+}
+# p75 of each vital: a sketch over the raw samples, or the merge of the rollups' sketch states
+# (same parameters as the states' type). A group without samples gives NaN or NULL: null.
+_EVENT_VITALS: Final[dict[str, str]] = {
+    m: f"quantileDD{VITALS_SKETCH_PARAMS}({col})" for m, col in VITAL_METRICS.items()
+}
+_ROLLUP_VITALS: Final[dict[str, str]] = {
+    m: f"quantileDDMerge{VITALS_SKETCH_PARAMS}({col})" for m, col in VITAL_METRICS.items()
 }
 _TIME_COLUMN: Final[dict[str, str]] = {
     "rollup_minute": "minute",
@@ -193,7 +204,7 @@ def plan_query(
         event_table = table.removesuffix(MIXED_SUFFIX)
         select = _event_select(query, dr, gran, event_table)
         wanted = set(event_metrics) | ({"visitors"} if "percentage" in event_metrics else set())
-        columns = tuple(m for m in BASE_METRICS if m in wanted)
+        columns = tuple(m for m in (*BASE_METRICS, *VITAL_METRICS) if m in wanted)
         main_index = len(statements)
         statements.append(select.main(columns, order, paginate=paginate))
         total_index = count_index = None
@@ -301,6 +312,7 @@ class _Select:
         labels: list[str],
         aggregates: Mapping[str, str],
         order_expression: Mapping[str, str],
+        having: str | None = None,
     ) -> None:
         self.query = query
         self.source = source  # FROM ...
@@ -308,11 +320,13 @@ class _Select:
         self.labels = labels  # one SQL expression per dimension
         self.aggregates = aggregates  # internal column -> aggregate
         self.order_expression = order_expression  # metric -> ORDER BY expression of m_* aliases
+        self.having = having  # which groups to keep, when grouped
 
     def _group_by(self) -> str:
         if not self.labels:
             return ""
-        return " GROUP BY " + ", ".join(f"d{i}" for i in range(len(self.labels)))
+        having = f" HAVING {self.having}" if self.having else ""
+        return " GROUP BY " + ", ".join(f"d{i}" for i in range(len(self.labels))) + having
 
     def _dims_select(self) -> list[str]:
         return [f"{expr} AS d{i}" for i, expr in enumerate(self.labels)]
@@ -352,14 +366,30 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
     tz = sql.string(dr.tz.key)
     conds = [f"site = {sql.string(query.site_id)}"]
     column_of: ColumnOf
+    having: str | None = None
+    aggregates: dict[str, str]
     if table == "events":
-        aggregates = _EVENT_AGGREGATES
-        conds.append(f"name NOT IN ({sql.string_list(sorted(SESSION_ONLY_EVENTS))})")
+        aggregates = {**_EVENT_AGGREGATES, **_EVENT_VITALS}
+        counted = f"name NOT IN ({sql.string_list(sorted(SESSION_ONLY_EVENTS))})"
+        vitals = [VITAL_METRICS[m] for m in query.metrics if m in VITAL_METRICS]
+        if vitals:
+            # Vitals ride on engagement events, which count nothing: read the rows carrying
+            # the vitals asked for too, count only the others, keep groups with counted ones.
+            carrying = " OR ".join(f"{col} IS NOT NULL" for col in vitals)
+            conds.append(f"({counted} OR {carrying})")
+            aggregates["visitors"] = f"uniqCombined64If(vid, {counted})"
+            aggregates["events"] = f"countIf({counted})"
+            having = f"countIf({counted}) > 0"
+        else:
+            conds.append(counted)
         conds.append(f"ts >= {sql.datetime_literal(dr.start, precision=3)}")
         conds.append(f"ts < {sql.datetime_literal(dr.end, precision=3)}")
         column_of = _event_column
     else:
-        aggregates = _ROLLUP_AGGREGATES
+        aggregates = {**_ROLLUP_AGGREGATES, **_ROLLUP_VITALS}
+        # Cells of vitals only (engagement events) count nothing: a group of only those (e.g.
+        # a minute in which a page's vitals arrived but none of its hits) is no row.
+        having = "sum(events) > 0"
         plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
         dim = next(iter(plain)) if plain else TOTAL
         conds.append(f"dim = {sql.string(dim)}")
@@ -385,7 +415,7 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         else:
             col = column_of(d)
             labels.append(f"if({col} = '', {sql.string(empty_label(d))}, {col})")
-    return _Select(query, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER)
+    return _Select(query, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER, having)
 
 
 def _session_select(query: Query, dr: DateRange, gran: Granularity | None) -> _Select:

@@ -4,19 +4,25 @@ Session metrics are computed here from integer aggregates, rounding halves up:
 bounce_rate = round(100 * bounces / visits), visit_duration = round(duration / visits) (the
 duration sum counts bounces as 0), views_per_visit = round(pageviews / visits, 2); each is 0
 without visits. sessions.ORDER_EXPRESSION computes the same numbers in SQL.
+
+Vitals p75: milliseconds as integers (halves up), CLS to 3 decimals; null without samples.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from engine.query.model import VITAL_METRICS
 
 if TYPE_CHECKING:
     from engine.query.model import Direction
     from engine.query.planner import Part, QueryPlan
 
 Key = tuple[str, ...]
-Values = dict[str, int]  # internal column -> value, of one part's row
+# internal column -> value, of one part's row: an int, or for a vital a float (None: no samples)
+Values = dict[str, Any]
 
 
 def half_up(numerator: int, denominator: int) -> int:
@@ -26,8 +32,25 @@ def half_up(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
-def metric_value(metric: str, values: Values, total_visitors: int) -> int | float:
+def _column(name: str, value: Any) -> int | float | None:
+    if name in VITAL_METRICS:
+        # NaN is what a sketch without samples gives, NULL what quantileDD over no value does.
+        return None if value is None or math.isnan(value) else float(value)
+    return int(value)
+
+
+def vital_value(metric: str, value: float | None) -> int | float | None:
+    if value is None:
+        return None
+    if metric == "cls_p75":
+        return round(value, 3)
+    return math.floor(value + 0.5)
+
+
+def metric_value(metric: str, values: Values, total_visitors: int) -> int | float | None:
     """The rendered value of `metric` from its part's columns."""
+    if metric in VITAL_METRICS:
+        return vital_value(metric, values.get(metric))
     if metric == "percentage":
         visitors = values.get("visitors", 0)
         return round(100.0 * visitors / total_visitors, 1) if total_visitors else 0.0
@@ -38,17 +61,22 @@ def metric_value(metric: str, values: Values, total_visitors: int) -> int | floa
         return half_up(values.get("duration", 0), visits)
     if metric == "views_per_visit":
         return half_up(100 * values.get("pageviews", 0), visits) / 100
-    return values.get(metric, 0)
+    return int(values.get(metric, 0))
 
 
 def _sort_value(metric: str, values: Values) -> int | float:
     """What a metric sorts by: its value (views_per_visit in hundredths), visitors for
-    percentage; as the ORDER BY of a single table."""
+    percentage; as the ORDER BY of a single table (but a vital without samples sorts lowest)."""
+    if metric in VITAL_METRICS:
+        value = values.get(metric)
+        return -math.inf if value is None else float(value)
     if metric == "percentage":
-        return values.get("visitors", 0)
+        return int(values.get("visitors", 0))
     if metric == "views_per_visit":
         return half_up(100 * values.get("pageviews", 0), values.get("visits", 0))
-    return metric_value(metric, values, 0)
+    value = metric_value(metric, values, 0)
+    assert value is not None
+    return value
 
 
 def render(plan: QueryPlan, rows_per_statement: list[list[tuple[Any, ...]]]) -> dict[str, Any]:
@@ -68,7 +96,7 @@ def render(plan: QueryPlan, rows_per_statement: list[list[tuple[Any, ...]]]) -> 
         rows: dict[Key, Values] = {}
         for row in rows_per_statement[part.main_index]:
             key = tuple(str(d) for d in row[:n_dims])
-            rows[key] = {c: int(v) for c, v in zip(part.columns, row[n_dims:], strict=True)}
+            rows[key] = {c: _column(c, v) for c, v in zip(part.columns, row[n_dims:], strict=True)}
             if all(key not in other for other in per_part):
                 order.append(key)
         per_part.append(rows)

@@ -23,6 +23,14 @@ ROLLUP_LEVELS: dict[str, str] = {
 
 MAX_RETENTION_DAYS = 36_500
 
+# Web vitals: the log holds each row's samples, the levels a DDSketch quantile state per vital
+# (relative accuracy 0.5%, mergeable across any range). The parameters are part of the state's
+# type (spelled out in the DDL below): the Stats API reads it with the same ones.
+VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
+VITALS_SKETCH_PARAMS = "(0.005, 0.75)"  # relative accuracy, quantile
+_VITAL_LOG_TYPE = "Array(Float32) DEFAULT []"
+_VITAL_STATE_TYPE = f"AggregateFunction(quantileDD{VITALS_SKETCH_PARAMS}, Float64)"
+
 
 def ddl(events_retention_days: int = 90, cluster: str | None = None) -> list[str]:
     """The schema, idempotent. With `cluster`, the ClickHouse cluster variant (see
@@ -44,7 +52,12 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
         events SimpleAggregateFunction(sum, UInt64),
         visitors AggregateFunction(uniqCombined64, UInt64),
         src_partition SimpleAggregateFunction(any, UInt16),
-        src_offset SimpleAggregateFunction(max, UInt64)
+        src_offset SimpleAggregateFunction(max, UInt64),
+        ttfb AggregateFunction(quantileDD(0.005, 0.75), Float64),
+        fcp AggregateFunction(quantileDD(0.005, 0.75), Float64),
+        lcp AggregateFunction(quantileDD(0.005, 0.75), Float64),
+        inp AggregateFunction(quantileDD(0.005, 0.75), Float64),
+        cls AggregateFunction(quantileDD(0.005, 0.75), Float64)
     """
     return [
         f"""
@@ -136,6 +149,11 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
             pageviews UInt64,
             events UInt64,
             hashes Array(UInt64),
+            ttfb Array(Float32) DEFAULT [],
+            fcp Array(Float32) DEFAULT [],
+            lcp Array(Float32) DEFAULT [],
+            inp Array(Float32) DEFAULT [],
+            cls Array(Float32) DEFAULT [],
             src_partition UInt16,
             src_offset UInt64,
             inserted_at DateTime('UTC') DEFAULT now()
@@ -163,6 +181,13 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
                 "src_partition SimpleAggregateFunction(any, UInt16)",
                 "src_offset SimpleAggregateFunction(max, UInt64)",
             )
+        ),
+        # Stores made before the vitals columns existed.
+        *(f"ALTER TABLE rollup_log ADD COLUMN IF NOT EXISTS {v} {_VITAL_LOG_TYPE}" for v in VITALS),
+        *(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {v} {_VITAL_STATE_TYPE}"
+            for table in ROLLUP_LEVELS.values()
+            for v in VITALS
         ),
     ]
 
@@ -252,12 +277,20 @@ def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
             for p, (lo, hi) in sorted(ranges.items())
         )
     time_col = _LEVEL_COLUMNS[table]
+    # Each log row's samples become one sketch state (Float64: the state's argument type).
+    p = VITALS_SKETCH_PARAMS
+    vital_states = "".join(
+        f",\n               quantileDDMergeState{p}(arrayReduce('quantileDDState{p}', "
+        f"arrayMap(x -> toFloat64(x), {v})))"
+        for v in VITALS
+    )
     return f"""
         INSERT INTO {table}
-            (site, {time_col}, dim, value, pageviews, events, visitors, src_partition, src_offset)
+            (site, {time_col}, dim, value, pageviews, events, visitors, src_partition, src_offset,
+             {", ".join(VITALS)})
         SELECT site, {_LEVEL_KEYS[table]} AS bucket, dim, value, sum(pageviews), sum(events),
                uniqCombined64MergeState(arrayReduce('uniqCombined64State', hashes)),
-               any(src_partition), max(src_offset)
+               any(src_partition), max(src_offset){vital_states}
         FROM rollup_log
         WHERE {where}
         GROUP BY site, bucket, dim, value

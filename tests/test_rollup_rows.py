@@ -1,0 +1,99 @@
+"""Rollup rows: counts, visitor hashes and vitals samples per (site, minute, dim, value)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from engine.dimensions import FIELD_OF, TOTAL
+from engine.hits import Hit
+from engine.rollup_rows import (
+    ROLLUP_COLUMNS,
+    VITAL_COLUMNS,
+    WorkerOutput,
+    build_rollup_rows,
+    decode_output,
+    encode_output,
+)
+
+T0 = 1_790_000_040.0  # a whole minute
+
+
+def hit(
+    name: str, page: str, vid: int, vitals: dict[str, float] | None = None, ts: float = T0
+) -> Hit:
+    return Hit(
+        ts=ts, site="r.test", tz="UTC", name=name, vid=vid, vid_prev=0, hostname="r.test",
+        page=page, referrer="", source="", utm_source="", utm_medium="", utm_campaign="",
+        utm_content="", utm_term="", device="Mobile", browser="Chrome", browser_version="120.0",
+        os="Android", os_version="14", country="DE", props={}, interactive=name != "engagement",
+        revenue=None, vitals=vitals,
+    )  # fmt: skip
+
+
+def rows_by_key(hits: list[Hit]) -> dict[tuple[str, str], dict[str, Any]]:
+    cols = build_rollup_rows(hits).columns
+    assert set(cols) == set(ROLLUP_COLUMNS)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for i in range(len(cols["site"])):
+        row = {name: cols[name][i] for name in ROLLUP_COLUMNS}
+        assert (row["dim"], row["value"]) not in out
+        out[(row["dim"], row["value"])] = row
+    return out
+
+
+def test_engagement_vitals_land_in_every_dimension_without_counts() -> None:
+    rows = rows_by_key(
+        [
+            hit("pageview", "/a", 1),
+            hit("engagement", "/a", 1, {"lcp": 2500.0, "cls": 0.12}),
+            hit("engagement", "/b", 2, {"lcp": 900.0, "ttfb": 80.0}),
+            hit("pageleave", "/c", 3),  # no vitals: nothing at all
+        ]
+    )
+    total = rows[(TOTAL, "")]
+    assert (total["events"], total["pageviews"], total["hashes"]) == (1, 1, [1])
+    assert total["lcp"] == [2500.0, 900.0] and total["ttfb"] == [80.0]
+    assert total["cls"] == [0.12] and total["fcp"] == [] and total["inp"] == []
+    a, b = rows[("event:page", "/a")], rows[("event:page", "/b")]
+    assert (a["events"], a["hashes"], a["lcp"], a["cls"]) == (1, [1], [2500.0], [0.12])
+    # A cell of vitals only: no events, pageviews or visitors.
+    assert (b["events"], b["pageviews"], b["hashes"], b["lcp"]) == (0, 0, [], [900.0])
+    assert ("event:page", "/c") not in rows
+    # Every dimension row of the minute carries the same samples as the total.
+    for dim in FIELD_OF:
+        values = [row for (d, _), row in rows.items() if d == dim]
+        assert sorted(x for row in values for x in row["lcp"]) == [900.0, 2500.0], dim
+    assert rows[("visit:device", "Mobile")]["lcp"] == [2500.0, 900.0]
+
+
+def test_vitals_of_counted_hits_count_too_and_minutes_stay_apart() -> None:
+    rows = build_rollup_rows(
+        [
+            hit("pageview", "/a", 1, {"inp": 40.0}),
+            hit("pageview", "/a", 2, {"inp": 60.0}, ts=T0 + 60),
+        ]
+    ).columns
+    totals = [i for i, d in enumerate(rows["dim"]) if d == TOTAL]
+    assert sorted((rows["minute"][i], rows["inp"][i]) for i in totals) == [
+        (int(T0), [40.0]),
+        (int(T0) + 60, [60.0]),
+    ]
+
+
+def test_codec_round_trip_and_version_2_messages() -> None:
+    hits = [hit("pageview", "/a", 1), hit("engagement", "/a", 1, {"fcp": 700.0})]
+    out = WorkerOutput(3, 42, build_rollup_rows(hits), [], hits)
+    back = decode_output(encode_output(out))
+    assert (back.src_partition, back.src_offset) == (3, 42)
+    assert back.rollups.columns == out.rollups.columns
+    # A message written by the previous version has no vitals columns: read as empty lists.
+    old_rows = {k: v for k, v in out.rollups.columns.items() if k not in VITAL_COLUMNS}
+    old = msgpack.packb(
+        {"v": 2, "src": [3, 42], "rows": old_rows, "sessions": [], "hits": hits},
+        use_bin_type=True,
+    )
+    decoded = decode_output(old).rollups.columns
+    n = len(decoded["site"])
+    assert all(decoded[v] == [[]] * n for v in VITAL_COLUMNS)
