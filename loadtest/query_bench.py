@@ -41,8 +41,14 @@ from loadtest.query_data import RAW_TABLE, SITE, DataSet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results"
-QUERY_NAMES = ("aggregate", "visitors_by_day", "top_pages", "top_sources", "top_countries",
-               "top_devices")
+QUERY_NAMES = (
+    "aggregate",
+    "visitors_by_day",
+    "top_pages",
+    "top_sources",
+    "top_countries",
+    "top_devices",
+)
 BREAKDOWNS = {
     "top_pages": ("event:page", "page"),
     "top_sources": ("visit:source", "source"),
@@ -122,7 +128,6 @@ def _open_store(data_dir: Path, retention_days: int) -> Any:
 
 
 def stage_build(ds: DataSet, data_dir: Path, verify: bool) -> dict[str, Any]:
-    from loadtest import query_data
 
     info: dict[str, Any] = {}
     if verify:
@@ -164,8 +169,9 @@ def _build_into(ds: DataSet, data_dir: Path, verify: bool) -> dict[str, Any]:
     return info
 
 
-def stage_raw(ds: DataSet, data_dir: Path, ranges: list[tuple[dt.date, dt.date]], rounds: int
-              ) -> dict[str, Any]:
+def stage_raw(
+    ds: DataSet, data_dir: Path, ranges: list[tuple[dt.date, dt.date]], rounds: int
+) -> dict[str, Any]:
     store = _open_store(data_dir, retention_days=max(90, ds.days + 30))
     out: dict[str, Any] = {"timings": {}, "answers": {}, "exact": {}}
     for first, last in ranges:
@@ -180,8 +186,9 @@ def stage_raw(ds: DataSet, data_dir: Path, ranges: list[tuple[dt.date, dt.date]]
                 times[name].append(time.perf_counter() - started)
                 out["answers"].setdefault(key, {})[name] = _jsonable(rows)
         out["timings"][key] = times
-        out["exact"][key] = {n: _jsonable([store.query_sync(s) for s in st])
-                             for n, st in exact.items()}
+        out["exact"][key] = {
+            n: _jsonable([store.query_sync(s) for s in st]) for n, st in exact.items()
+        }
     store.close()
     return out
 
@@ -222,16 +229,25 @@ def running_api(data_dir: Path, retention_days: int) -> Any:
     try:
         out = subprocess.run(
             [sys.executable, "-m", "engine.cli", "sites", "add", SITE, "--timezone", "UTC"],
-            env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         key = out.stdout.strip().splitlines()[-1]
         log = (data_dir / "logs" / "api.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "api"], env=env, cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "engine.cli", "api"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"rollup api exited; see {data_dir / 'logs' / 'api.log'}")
@@ -254,8 +270,9 @@ def running_api(data_dir: Path, retention_days: int) -> Any:
         stack.stop()
 
 
-def ask(client: httpx.Client, url: str, key: str, body: dict[str, Any], fresh: bool
-        ) -> tuple[float, dict[str, Any]]:
+def ask(
+    client: httpx.Client, url: str, key: str, body: dict[str, Any], fresh: bool
+) -> tuple[float, dict[str, Any]]:
     headers = {"Authorization": f"Bearer {key}"}
     if fresh:
         headers["Cache-Control"] = "no-cache"
@@ -267,8 +284,9 @@ def ask(client: httpx.Client, url: str, key: str, body: dict[str, Any], fresh: b
     return elapsed, response.json()
 
 
-def measure_api(url: str, key: str, bodies: dict[str, dict[str, Any]], rounds: int,
-                again: bool) -> dict[str, Any]:
+def measure_api(
+    url: str, key: str, bodies: dict[str, dict[str, Any]], rounds: int, again: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {"cold": {}, "first": {}, "again": {}, "answers": {}, "tables": {}}
     with httpx.Client(timeout=120) as client:
         for name, body in bodies.items():  # the very first request of each after start
@@ -302,8 +320,8 @@ def check_answers(ds: DataSet, api: dict[str, Any], exact: dict[str, Any]) -> li
     def close(got: float, want: float) -> bool:
         return abs(got - want) <= max(2, VISITOR_TOLERANCE * want)
 
-    (visitors, pageviews), = exact["aggregate"][0]
-    (visits, bounces, duration), = exact["aggregate"][1]
+    ((visitors, pageviews),) = exact["aggregate"][0]
+    ((visits, bounces, duration),) = exact["aggregate"][1]
     want = {
         "visitors": visitors,
         "visits": visits,
@@ -353,9 +371,19 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out_path = Path(handle.name)
     subprocess.run(
-        [sys.executable, "-m", "loadtest.query_bench", "--stage", stage, "--stage-args",
-         json.dumps(args, default=str), "--stage-out", str(out_path)],
-        cwd=ROOT, check=True,
+        [
+            sys.executable,
+            "-m",
+            "loadtest.query_bench",
+            "--stage",
+            stage,
+            "--stage-args",
+            json.dumps(args, default=str),
+            "--stage-out",
+            str(out_path),
+        ],
+        cwd=ROOT,
+        check=True,
     )
     result: dict[str, Any] = json.loads(out_path.read_text())
     out_path.unlink()
@@ -382,21 +410,42 @@ def _run_stage(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(stage)
 
 
-def run_queries(pageviews: int, rounds: int, days: int = 30, verify: bool = True,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_queries(
+    pageviews: int,
+    rounds: int,
+    days: int = 30,
+    verify: bool = True,
+    log: Callable[[str], None] = print,
+    reuse: Path | None = None,
+) -> dict[str, Any]:
     last_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    data_dir = Path(tempfile.mkdtemp(prefix="rollup-query-bench-"))
-    common = {"pageviews": pageviews, "days": days, "last_day": last_day.isoformat(),
-              "data_dir": str(data_dir)}
+    data_dir = reuse or Path(tempfile.mkdtemp(prefix="rollup-query-bench-"))
+    common = {
+        "pageviews": pageviews,
+        "days": days,
+        "last_day": last_day.isoformat(),
+        "data_dir": str(data_dir),
+    }
     ds = _dataset(common)
-    log(f"building {pageviews:,} pageviews over {days} days in {data_dir} ...")
-    build = _child("build", {**common, "verify": verify})
-    log(f"built in {build['build_seconds']} s: {build['pageviews']:,} pageviews, "
-        f"{build['rows_sessions']:,} sessions; equivalence check: {build.get('equivalence')}")
+    if reuse is not None:
+        # A store built earlier by this script with the same arguments (build output saved).
+        build = json.loads((reuse / "build.json").read_text())
+        last_day = dt.date.fromisoformat(build.get("last_day", last_day.isoformat()))
+        common["last_day"] = last_day.isoformat()
+        ds = _dataset(common)
+    else:
+        log(f"building {pageviews:,} pageviews over {days} days in {data_dir} ...")
+        build = _child("build", {**common, "verify": verify})
+        (data_dir / "build.json").write_text(json.dumps({**build, "last_day": str(last_day)}))
+    log(
+        f"built in {build['build_seconds']} s: {build['pageviews']:,} pageviews, "
+        f"{build['rows_sessions']:,} sessions; equivalence check: {build.get('equivalence')}"
+    )
     first, last = ds.first_day, ds.last_day
     log(f"raw baseline, {rounds} rounds ...")
-    raw = _child("raw", {**common, "ranges": [[first.isoformat(), last.isoformat()]],
-                         "rounds": rounds})
+    raw = _child(
+        "raw", {**common, "ranges": [[first.isoformat(), last.isoformat()]], "rounds": rounds}
+    )
     key = f"{days}d"
     log(f"engine through HTTP, {rounds} rounds ...")
     with running_api(data_dir, max(90, days + 30)) as (url, api_key):
@@ -404,39 +453,61 @@ def run_queries(pageviews: int, rounds: int, days: int = 30, verify: bool = True
     problems = check_answers(ds, api["answers"], raw["exact"][key])
     rows = []
     for name in QUERY_NAMES:
-        rows.append({
-            "query": name,
-            "table": api["tables"][name],
-            "engine_cold_ms": ms(api["cold"][name]),
-            "engine_first_p50_ms": ms(statistics.median(api["first"][name])),
-            "engine_first_p99_ms": ms(p99(api["first"][name])),
-            "engine_again_p50_ms": ms(statistics.median(api["again"][name])),
-            "engine_again_p99_ms": ms(p99(api["again"][name])),
-            "raw_p50_ms": ms(statistics.median(raw["timings"][key][name])),
-            "raw_p99_ms": ms(p99(raw["timings"][key][name])),
-        })
+        rows.append(
+            {
+                "query": name,
+                "table": api["tables"][name],
+                "engine_cold_ms": ms(api["cold"][name]),
+                "engine_first_p50_ms": ms(statistics.median(api["first"][name])),
+                "engine_first_p99_ms": ms(p99(api["first"][name])),
+                "engine_again_p50_ms": ms(statistics.median(api["again"][name])),
+                "engine_again_p99_ms": ms(p99(api["again"][name])),
+                "raw_p50_ms": ms(statistics.median(raw["timings"][key][name])),
+                "raw_p99_ms": ms(p99(raw["timings"][key][name])),
+            }
+        )
     engine_total = sum(r["engine_first_p50_ms"] for r in rows)
     raw_total = sum(r["raw_p50_ms"] for r in rows)
     ratio = raw_total / engine_total if engine_total else 0.0
     worst_first = max(r["engine_first_p99_ms"] for r in rows)
     worst_again = max(r["engine_again_p99_ms"] for r in rows)
     targets = [
-        {"name": "each query p99 on first asking", "target": "<= 100 ms",
-         "measured": f"{worst_first} ms (worst)", "holds": worst_first <= 100},
-        {"name": "six together vs raw events, first asking (medians)", "target": ">= 5x",
-         "measured": f"{ratio:.1f}x ({raw_total:.0f} ms raw / {engine_total:.0f} ms)",
-         "holds": ratio >= 5},
-        {"name": "each query p99 asked again, no new data", "target": "<= 10 ms",
-         "measured": f"{worst_again} ms (worst)", "holds": worst_again <= 10},
-        {"name": "answers equal raw (visitors within 1.5%)", "target": "no differences",
-         "measured": f"{len(problems)} differences", "holds": not problems},
+        {
+            "name": "each query p99 on first asking",
+            "target": "<= 100 ms",
+            "measured": f"{worst_first} ms (worst)",
+            "holds": worst_first <= 100,
+        },
+        {
+            "name": "six together vs raw events, first asking (medians)",
+            "target": ">= 5x",
+            "measured": f"{ratio:.1f}x ({raw_total:.0f} ms raw / {engine_total:.0f} ms)",
+            "holds": ratio >= 5,
+        },
+        {
+            "name": "each query p99 asked again, no new data",
+            "target": "<= 10 ms",
+            "measured": f"{worst_again} ms (worst)",
+            "holds": worst_again <= 10,
+        },
+        {
+            "name": "answers equal raw (visitors within 1.5%)",
+            "target": "no differences",
+            "measured": f"{len(problems)} differences",
+            "holds": not problems,
+        },
     ]
     return {
         "benchmark": "queries",
-        "dataset": {"pageviews": build["pageviews"], "days": days,
-                    "sessions": build["rows_sessions"], "visitors": build["visitors_exact"],
-                    "first_day": first.isoformat(), "last_day": last.isoformat(),
-                    "build_seconds": build["build_seconds"]},
+        "dataset": {
+            "pageviews": build["pageviews"],
+            "days": days,
+            "sessions": build["rows_sessions"],
+            "visitors": build["visitors_exact"],
+            "first_day": first.isoformat(),
+            "last_day": last.isoformat(),
+            "build_seconds": build["build_seconds"],
+        },
         "equivalence": build.get("equivalence"),
         "rounds": rounds,
         "runs": rows,
@@ -445,13 +516,18 @@ def run_queries(pageviews: int, rounds: int, days: int = 30, verify: bool = True
     }
 
 
-def run_growth(pageviews_per_day: int, rounds: int, log: Callable[[str], None] = print
-               ) -> dict[str, Any]:
+def run_growth(
+    pageviews_per_day: int, rounds: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     days = 365
     last_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     data_dir = Path(tempfile.mkdtemp(prefix="rollup-growth-bench-"))
-    common = {"pageviews": pageviews_per_day * days, "days": days,
-              "last_day": last_day.isoformat(), "data_dir": str(data_dir)}
+    common = {
+        "pageviews": pageviews_per_day * days,
+        "days": days,
+        "last_day": last_day.isoformat(),
+        "data_dir": str(data_dir),
+    }
     ds = _dataset(common)
     log(f"building {pageviews_per_day:,} pageviews a day over {days} days in {data_dir} ...")
     build = _child("build", {**common, "verify": False})
@@ -463,24 +539,35 @@ def run_growth(pageviews_per_day: int, rounds: int, log: Callable[[str], None] =
             first = last_day - dt.timedelta(days=span - 1)
             api = measure_api(url, api_key, api_bodies(ds, first, last_day), rounds, again=False)
             for name in QUERY_NAMES:
-                runs.append({"days": span, "query": name, "table": api["tables"][name],
-                             "first_p50_ms": ms(statistics.median(api["first"][name])),
-                             "first_p99_ms": ms(p99(api["first"][name]))})
+                runs.append(
+                    {
+                        "days": span,
+                        "query": name,
+                        "table": api["tables"][name],
+                        "first_p50_ms": ms(statistics.median(api["first"][name])),
+                        "first_p99_ms": ms(p99(api["first"][name])),
+                    }
+                )
     totals = {span: sum(r["first_p50_ms"] for r in runs if r["days"] == span) for span in spans}
     ratio = totals[365] / totals[30] if totals[30] else 0.0
     return {
         "benchmark": "growth_days",
         "note": f"{pageviews_per_day:,} pageviews a day ({pageviews_per_day * 30:,} per 30 days), "
-                "smaller than the queries benchmark's 10 million per 30 days: 365 days at that "
-                "volume do not fit this 2-core machine's time budget",
+        "smaller than the queries benchmark's 10 million per 30 days: 365 days at that "
+        "volume do not fit this 2-core machine's time budget",
         "dataset": {"pageviews": build["pageviews"], "days": days},
         "rounds": rounds,
         "runs": runs,
         "totals_ms": totals,
-        "targets": [{"name": "six queries over 365 days vs 30 days (medians, first asking)",
-                     "target": "< 3x", "measured": f"{ratio:.2f}x "
-                     f"({totals[365]:.0f} ms / {totals[30]:.0f} ms; 1 day {totals[1]:.0f} ms)",
-                     "holds": ratio < 3}],
+        "targets": [
+            {
+                "name": "six queries over 365 days vs 30 days (medians, first asking)",
+                "target": "< 3x",
+                "measured": f"{ratio:.2f}x "
+                f"({totals[365]:.0f} ms / {totals[30]:.0f} ms; 1 day {totals[1]:.0f} ms)",
+                "holds": ratio < 3,
+            }
+        ],
     }
 
 
@@ -496,15 +583,22 @@ def chart(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.27
     ax.bar([i - width for i in x], [r["raw_p50_ms"] for r in rows], width, label="raw events")
-    ax.bar(list(x), [r["engine_first_p99_ms"] for r in rows], width,
-           label="engine, first asking (p99)")
-    ax.bar([i + width for i in x], [r["engine_again_p99_ms"] for r in rows], width,
-           label="engine, asked again (p99)")
+    ax.bar(
+        list(x), [r["engine_first_p99_ms"] for r in rows], width, label="engine, first asking (p99)"
+    )
+    ax.bar(
+        [i + width for i in x],
+        [r["engine_again_p99_ms"] for r in rows],
+        width,
+        label="engine, asked again (p99)",
+    )
     ax.axhline(100, color="red", linestyle="--", linewidth=1, label="100 ms target")
     ax.set_xticks(list(x), names, rotation=15)
     ax.set_ylabel("ms")
-    ax.set_title(f"Six dashboard queries, {result['dataset']['pageviews']:,} pageviews over "
-                 f"{result['dataset']['days']} days")
+    ax.set_title(
+        f"Six dashboard queries, {result['dataset']['pageviews']:,} pageviews over "
+        f"{result['dataset']['days']} days"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -521,8 +615,10 @@ def print_table(result: dict[str, Any]) -> None:
     for problem in result.get("problems", []):
         print("DIFFERENCE:", problem)
     for t in result["targets"]:
-        print(f"{'HOLDS' if t['holds'] else 'FAILS'}  {t['name']}: {t['measured']} "
-              f"(target {t['target']})")
+        print(
+            f"{'HOLDS' if t['holds'] else 'FAILS'}  {t['name']}: {t['measured']} "
+            f"(target {t['target']})"
+        )
 
 
 def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
@@ -533,7 +629,9 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     if not args.growth_only:
-        result = run_queries(args.pageviews, args.rounds, args.days, verify=not args.no_verify)
+        result = run_queries(
+            args.pageviews, args.rounds, args.days, verify=not args.no_verify, reuse=args.reuse
+        )
         print_table(result)
         (RESULTS / "queries.json").write_text(json.dumps(result, indent=2))
         chart(result, RESULTS / "queries.png")
@@ -551,6 +649,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence check")
+    p.add_argument("--reuse", type=Path, help="a data directory built by an earlier run")
     p.add_argument("--growth", action="store_true", help="also run the 1/30/365-day growth")
     p.add_argument("--growth-only", action="store_true")
     p.add_argument("--growth-pageviews-per-day", type=int, default=50_000)

@@ -296,9 +296,7 @@ def plans_for_every_table(body: dict[str, Any], hits: list[Hit]) -> Iterator[Que
         plan = plan_query(body, table=table, **kwargs)
         yield plan
         # Session metrics read session_hour when it can answer: compare with sessions FINAL too.
-        if table.endswith("sessions") and any(
-            SESSION_ROLLUP in s for s in plan.statements
-        ):
+        if table.endswith("sessions") and any(SESSION_ROLLUP in s for s in plan.statements):
             yield plan_query(body, table=table, session_table="sessions", **kwargs)
 
 
