@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +69,19 @@ class Settings(BaseSettings):
     # RocksDB state of one worker process; two workers on one machine need two directories.
     worker_data_dir: Path | None = None
     log_level: str = "info"
+    # Built dashboard and tracker bundles (`make setup` builds web/ into web/dist).
+    web_dist_dir: Path | None = None
+    # `json`: one object per line, for log collectors in production; `text` reads well in a
+    # terminal and in `rollup run`'s log files.
+    log_format: Literal["text", "json"] = "text"
+    # The worker's /metrics and /api/health listen here (on `worker_web_port`); 0.0.0.0 in a pod.
+    worker_web_host: str = "127.0.0.1"
+    # A ClickHouse cluster name (from the servers' remote_servers): the schema becomes
+    # Replicated*MergeTree tables `<name>_local` ON CLUSTER behind Distributed tables `<name>`.
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLICKHOUSE_CLUSTER", "ROLLUP_CLICKHOUSE_CLUSTER"),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -11,22 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from config import Settings, load_settings
 from engine.errors import ComponentError, ConfigError, InputError, RollupError
+from engine.logs import setup_logging
 from engine.redis_conn import connect_redis
 from engine.runtime import Role
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
 log = logging.getLogger("rollup")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _serve(settings: Settings, roles: frozenset[Role]) -> int:
@@ -75,17 +73,10 @@ def _serve(settings: Settings, roles: frozenset[Role]) -> int:
 
 
 def _worker(settings: Settings) -> int:
-    from prometheus_client import start_http_server
-
+    from topologies import worker_metrics
     from topologies.rollups import run_worker
 
-    if settings.worker_web_port:
-        try:
-            start_http_server(settings.worker_web_port, addr="127.0.0.1")
-        except OSError:
-            log.warning(
-                "worker metrics port %d in use; metrics not served", settings.worker_web_port
-            )
+    worker_metrics.serve(settings)
     run_worker(settings)
     return 0
 
@@ -102,9 +93,9 @@ def _run(settings: Settings) -> int:
     env = dict(os.environ)
     env["ROLLUP_DATA_DIR"] = str(data_dir)
     token = settings.admin_token
+    generated = not token
     if not token:
         token = secrets.token_urlsafe(24)
-        print(f"admin token (ROLLUP_ADMIN_TOKEN): {token}", flush=True)
     env["ROLLUP_ADMIN_TOKEN"] = token
     stack = EmbeddedStack(settings)
     stopping = False
@@ -135,11 +126,7 @@ def _run(settings: Settings) -> int:
     try:
         engines["serve"] = spawn("serve")
         engines["worker"] = spawn("worker")
-        print(
-            f"rollup running: http://{settings.http_host}:{settings.http_port} "
-            f"(data in {data_dir}, logs in {data_dir / 'logs'})",
-            flush=True,
-        )
+        print(welcome(settings, _site_domains(settings), token if generated else None), flush=True)
         while not stopping:
             time.sleep(0.5)
             for child in stack.children:
@@ -158,6 +145,53 @@ def _run(settings: Settings) -> int:
         stack.stop()
         print("rollup stopped", flush=True)
     return 0
+
+
+def _site_domains(settings: Settings) -> list[str]:
+    from engine.sites import SiteRepository
+
+    try:
+        repo = SiteRepository(settings.sites_dsn, settings.stats_rate_limit_per_hour)
+        repo.open()
+        try:
+            return [site.domain for site in repo.list_sites()]
+        finally:
+            repo.close()
+    except Exception as exc:  # the URLs are a courtesy; the stack runs without them
+        log.warning("could not list sites: %s", exc)
+        return []
+
+
+def welcome(settings: Settings, domains: list[str], generated_token: str | None) -> str:
+    """What `rollup run` prints once started: where to point a browser, curl and Prometheus."""
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    base = f"http://{host}:{settings.http_port}"
+    rows = [
+        ("ingest", f"POST {base}/api/event"),
+        ("Stats API", f"POST {base}/api/v2/query"),
+        ("realtime", f"{base}/api/v1/stats/realtime/visitors?site_id=SITE"),
+    ]
+    rows += [("dashboard", f"{base}/dashboard/{domain}") for domain in domains]
+    if not domains:
+        rows.append(("dashboard", f"{base}/dashboard/SITE (add one: rollup sites add DOMAIN)"))
+    rows.append(("metrics", f"{base}/metrics (ingest, api)"))
+    if settings.worker_web_port:
+        worker_host = settings.worker_web_host
+        if worker_host in ("0.0.0.0", "::", ""):
+            worker_host = "127.0.0.1"
+        rows.append(("", f"http://{worker_host}:{settings.worker_web_port}/metrics (worker)"))
+    rows.append(("health", f"{base}/api/health"))
+    data_dir = settings.data_dir.resolve()
+    rows.append(("data", f"{data_dir} (logs in {data_dir / 'logs'})"))
+    if generated_token:
+        rows.append(
+            ("admin token", f"{generated_token} (generated; set ROLLUP_ADMIN_TOKEN to keep one)")
+        )
+    lines = ["rollup running:"] + [f"  {name:<12} {value}" for name, value in rows]
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)
 
 
 def _sites(settings: Settings, args: argparse.Namespace) -> int:
@@ -200,11 +234,28 @@ def _import(settings: Settings, path: Path) -> int:
         redis = connect_redis(settings)
         producer = HitProducer(settings)
         await producer.start()
+        progress = _progress()
+        reading = progress.add_task("reading", total=path.stat().st_size)
+        acked = progress.add_task("acknowledged hits", total=None)
+
+        def lines(handle: BinaryIO) -> Iterator[bytes]:
+            for line in handle:
+                progress.advance(reading, len(line))
+                yield line
+
+        async def follow_acks() -> None:
+            while True:
+                progress.update(acked, completed=producer.hits_sent)
+                await asyncio.sleep(0.1)
+
+        follower = asyncio.create_task(follow_acks())
         try:
             ingestor = Ingestor(settings, producer, SaltStore(redis), sites)
-            with path.open("rb") as handle:
-                result = await ingestor.bulk(handle)
+            with progress, path.open("rb") as handle:
+                result = await ingestor.bulk(lines(handle))
+                progress.update(acked, completed=producer.hits_sent, total=producer.hits_sent)
         finally:
+            follower.cancel()
             await producer.stop()
             await redis.aclose()
         import orjson
@@ -213,6 +264,28 @@ def _import(settings: Settings, path: Path) -> int:
         return 0 if not result.errors else 3
 
     return asyncio.run(main())
+
+
+def _progress() -> Progress:
+    """A progress display on stderr (stdout carries results), shown only on a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
 
 
 def _migrate(settings: Settings) -> int:
@@ -226,27 +299,74 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+DESCRIPTION = """\
+A Plausible-compatible web analytics engine: hits arrive on POST /api/event, go through
+Kafka, are rolled up by Faust workers, and land in ClickHouse and Redis for the Stats API.
+
+On one machine, `rollup run` starts everything (embedded broker, Redis and ClickHouse).
+In production each role runs on its own, pointed at real servers by environment variables.
+"""
+
+EPILOG = """\
+getting started:
+  rollup run                                     # prints the URLs to open and the admin token
+  rollup sites add example.com --timezone Europe/Berlin   # last line: the site's API key
+
+production roles (see k8s/ and the README's "Running in production"):
+  rollup migrate     once per release, before the others
+  rollup ingest      stateless; scale on CPU
+  rollup worker      one per group of `hits` partitions; RocksDB state on a volume
+  rollup api         Stats API, realtime, dashboard and the ClickHouse writer
+
+configuration: environment variables ROLLUP_* plus KAFKA_BROKERS, REDIS_URL, CLICKHOUSE_URL,
+CLICKHOUSE_CLUSTER and DATABASE_URL (all optional; unset means embedded). Every role serves
+/metrics (Prometheus) and /api/health; ROLLUP_LOG_FORMAT=json logs one JSON object per line.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollup", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="the whole embedded stack in the foreground")
-    sub.add_parser("ingest", help="production role: POST /api/event and /api/import")
-    sub.add_parser("api", help="production role: Stats API, realtime, and the store writer")
-    sub.add_parser("serve", help="ingest and api roles in one process (what `run` starts)")
-    sub.add_parser("worker", help="production role: the Faust rollup worker")
-    sub.add_parser("migrate", help="create or update the ClickHouse schema")
-    imp = sub.add_parser("import", help="bulk import an NDJSON file")
-    imp.add_argument("file", type=Path)
-    sites = sub.add_parser("sites", help="manage sites and their Stats API keys")
-    sites_sub = sites.add_subparsers(dest="sites_command", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="rollup", description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}.{' ' + details if details else ''}",
+            formatter_class=formatter,
+        )
+
+    command(
+        "run",
+        "run the whole embedded stack in the foreground (Ctrl-C stops it)",
+        "Starts the broker, Redis, the ingest+api process and a worker, restarts a worker that "
+        "dies, and prints the URLs to open. Data and logs go to ROLLUP_DATA_DIR (./.rollup).",
+    )
+    command("ingest", "production role: POST /api/event and /api/import")
+    command("api", "production role: Stats API, realtime, and the ClickHouse writer")
+    command("worker", "production role: the Faust rollup worker")
+    command("migrate", "create or update the ClickHouse schema (cluster-aware)")
+    command("serve", "the ingest and api roles in one process (what `run` starts)")
+    imp = command(
+        "import",
+        "bulk import an NDJSON file (the pipeline of /api/import)",
+        "Each line: an event body plus timestamp, ip and user_agent. Prints the result as JSON "
+        "on stdout; progress goes to a terminal's stderr.",
+    )
+    imp.add_argument("file", type=Path, help="NDJSON file, one event per line")
+    sites = command("sites", "manage sites and their Stats API keys")
+    sites_sub = sites.add_subparsers(dest="sites_command", required=True, metavar="ACTION")
     add = sites_sub.add_parser("add", help="add a site; prints its new key as the last line")
-    add.add_argument("domain")
-    add.add_argument("--timezone", default="UTC")
+    add.add_argument("domain", help="the site's domain, as sent in events")
+    add.add_argument("--timezone", default="UTC", help="IANA name for day boundaries (UTC)")
     add.add_argument("--rate-limit", type=int, default=0, help="Stats API requests per hour")
     rate = sites_sub.add_parser("rate-limit", help="set the Stats API limit of a site's keys")
     rate.add_argument("domain")
-    rate.add_argument("per_hour", type=int)
-    sites_sub.add_parser("list")
+    rate.add_argument("per_hour", type=int, help="requests per hour per key")
+    sites_sub.add_parser("list", help="list sites: domain, timezone, created")
     return p
 
 
@@ -257,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"rollup: invalid configuration: {exc}".splitlines()[0], file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         match args.command:
             case "run":

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from config import Settings
 from engine.errors import AuthError, InputError, QueryError, UnavailableError
+from engine.http_metrics import RequestMetrics
 from engine.ingest import UNAVAILABLE
 from engine.ingest_asgi import FastEventPath
 from engine.live import live_summary, realtime_visitors
@@ -31,6 +32,7 @@ from engine.query import plan_query
 from engine.query.cache import ResultCache
 from engine.runtime import Role, Runtime
 from engine.sites import ApiKey
+from engine.web import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,10 @@ def build_app(
         return await realtime(request, detail=True)
 
     async def health(request: Request) -> Response:
+        if request.query_params.get("probe") == "liveness":
+            # The process answers: enough for liveness. Dependencies are readiness's business,
+            # or a Redis outage would restart every pod.
+            return json_response({"process": "ok"})
         status = await runtime.health()
         ok = all(v == "ok" for v in status.values())
         return json_response(status, 200 if ok else 503)
@@ -228,6 +234,11 @@ def build_app(
             Route("/api/v1/stats/realtime/visitors", realtime_visitors_endpoint, methods=["GET"]),
             Route("/api/v1/stats/realtime/live", realtime_live_endpoint, methods=["GET"]),
         ]
+    routes += web_routes(
+        settings.web_dist_dir,
+        dashboard=Role.API in runtime.roles,
+        tracker=bool(runtime.roles & {Role.INGEST, Role.API}),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -240,7 +251,11 @@ def build_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan if manage_lifespan else None,
-        middleware=[Middleware(FastEventPath, runtime=runtime, settings=settings)],
+        # Outermost first: /api/event answers before the router; RequestMetrics times the rest.
+        middleware=[
+            Middleware(FastEventPath, runtime=runtime, settings=settings),
+            Middleware(RequestMetrics),
+        ],
     )
     app.state.runtime = runtime
     return app

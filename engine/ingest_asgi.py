@@ -6,13 +6,16 @@ request and response objects cost more than the handler, so this path skips them
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 
 from config import Settings
 from engine.errors import InputError, UnavailableError
+from engine.http_metrics import HTTP_REQUESTS, HTTP_SECONDS
 from engine.ingest import UNAVAILABLE, client_address
 from engine.runtime import Runtime
 
@@ -23,6 +26,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EVENT_PATH = "/api/event"
+INGEST_REQUESTS = Counter(
+    "rollup_ingest_requests_total", "POST /api/event requests by HTTP status", ["status"]
+)
 _JSON = [(b"content-type", b"application/json")]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
@@ -42,7 +48,9 @@ class FastEventPath:
         ):
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         status, body, headers = await self._handle(scope, receive)
+        _record(status, time.perf_counter() - started)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -79,6 +87,23 @@ class FastEventPath:
         if result.dropped:
             return 202, b"ok", [*_TEXT, (b"x-plausible-dropped", str(result.dropped).encode())]
         return 202, b"ok", _TEXT
+
+
+# Per-status metric children, resolved once: `labels()` takes a lock and builds a key on every
+# call, which this path would pay tens of thousands of times a second.
+_CHILDREN: dict[int, tuple[Any, Any]] = {}
+_EVENT_SECONDS = HTTP_SECONDS.labels(EVENT_PATH)
+
+
+def _record(status: int, seconds: float) -> None:
+    children = _CHILDREN.get(status)
+    if children is None:
+        code = str(status)
+        children = (INGEST_REQUESTS.labels(code), HTTP_REQUESTS.labels(EVENT_PATH, code))
+        _CHILDREN[status] = children
+    children[0].inc()
+    children[1].inc()
+    _EVENT_SECONDS.observe(seconds)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -5,18 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import Counter, Gauge, Histogram
 
 from config import Settings
 from engine.errors import ComponentError, UnavailableError
 from engine.hits import Hit, encode_hits
 
 log = logging.getLogger(__name__)
+
+PRODUCE_SECONDS = Histogram(
+    "rollup_ingest_produce_seconds",
+    "Time from handing a site's hits to the producer to the broker's acknowledgement",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+MESSAGE_HITS = Histogram(
+    "rollup_ingest_message_hits",
+    "Hits per Kafka message produced (group commit grows messages with load)",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+PRODUCE_FAILURES = Counter(
+    "rollup_ingest_produce_failures_total", "Hits messages the broker did not acknowledge"
+)
+PENDING_HITS = Gauge("rollup_ingest_pending_hits", "Hits waiting for the broker")
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
@@ -132,19 +149,24 @@ class HitProducer:
             self._wakeup.clear()
             batch, self._pending = self._pending, defaultdict(_Pending)
             count, self._pending_count = self._pending_count, 0
+            PENDING_HITS.set(count)
             if count:
                 await self._flush(batch)
+            PENDING_HITS.set(self._pending_count)
 
     async def _flush(self, batch: dict[str, _Pending]) -> None:
         assert self._producer is not None
         limit = self._settings.produce_max_hits_per_message
         sends: list[tuple[_Pending, list[asyncio.Future[object]]]] = []
+        started = time.perf_counter()
         for site, pending in batch.items():
             futures = []
             key = site.encode()
             try:
                 for start in range(0, len(pending.hits), limit):
-                    payload = encode_hits(pending.hits[start : start + limit])
+                    chunk = pending.hits[start : start + limit]
+                    MESSAGE_HITS.observe(len(chunk))
+                    payload = encode_hits(chunk)
                     futures.append(
                         await self._producer.send(self._settings.hits_topic, payload, key=key)
                     )
@@ -157,8 +179,10 @@ class HitProducer:
             results = await asyncio.gather(*futures, return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
+                PRODUCE_FAILURES.inc(len(errors))
                 self._fail(pending, errors[0])
                 continue
+            PRODUCE_SECONDS.observe(time.perf_counter() - started)
             self._healthy = True
             self.hits_sent += len(pending.hits)
             for waiter in pending.waiters:

@@ -1,7 +1,8 @@
 """Ingest throughput with `hey` against `rollup run`, against a do-nothing baseline server in the
 same script, and the seconds from a hit to its appearance in the Stats API and realtime endpoint.
 
-    python -m loadtest.ingest_bench [--seconds 10] [--concurrency 64] [--runs 3]
+    python -m loadtest.ingest_bench [--seconds 20] [--concurrency 64] [--runs 3]
+        [--fresh-rate 5000] [--fresh-seconds 40] [--fresh-samples 20]
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from typing import Any
 
 import httpx
 
+from loadtest import progress
 from loadtest.harness import RunningStack, embedded_stack, free_port
+from loadtest.results import Target, write_result
 
 UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -38,10 +43,16 @@ async def app(scope, receive, send):
 """
 
 
-def hey(url: str, seconds: int, concurrency: int) -> tuple[float, float, dict[str, int]]:
+def hey(
+    url: str, seconds: int, concurrency: int, qps_per_worker: float = 0
+) -> tuple[float, float, dict[str, int]]:
+    """Requests/s, p99 seconds and status counts of one `hey` run (`qps_per_worker` caps the
+    rate: hey's -q is per connection)."""
+    rate = ["-q", str(qps_per_worker)] if qps_per_worker else []
     out = subprocess.run(
         [
             "hey",
+            *rate,
             "-z",
             f"{seconds}s",
             "-c",
@@ -100,7 +111,9 @@ def baseline(seconds: int, concurrency: int) -> float:
     return rps
 
 
-def freshness(stack: RunningStack, key: str, samples: int = 5) -> tuple[list[float], list[float]]:
+def freshness(
+    stack: RunningStack, key: str, samples: int = 5, pause: float = 1.5
+) -> tuple[list[float], list[float]]:
     """Seconds from a 202 to the hit's page showing in /api/v2/query and in the live endpoint."""
     to_query, to_live = [], []
     headers = {"Authorization": f"Bearer {key}"}
@@ -133,54 +146,119 @@ def freshness(stack: RunningStack, key: str, samples: int = 5) -> tuple[list[flo
                     headers=headers,
                     params={"site_id": "bench.test"},
                 ).json()
-                if any(p == page for p, _ in live["top_pages"]) or _page_in(live, page):
+                if any(p == page for p, _ in live["top_pages"]):
                     seen_live = time.monotonic() - sent
             time.sleep(0.05)
         to_query.append(seen_query)
         to_live.append(seen_live)
-        time.sleep(1.5)
+        time.sleep(pause)
     return to_query, to_live
 
 
-def _page_in(live: dict[str, object], page: str) -> bool:
-    return False
+def freshness_under_load(
+    stack: RunningStack, key: str, rate: int, seconds: int, samples: int
+) -> dict[str, Any]:
+    """At a steady `rate` hits/s from hey, the seconds from a 202 to the hit being visible."""
+    concurrency = 50
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        result["hey"] = hey(f"{stack.url}/api/event", seconds, concurrency, rate / concurrency)
+
+    background = threading.Thread(target=load)
+    background.start()
+    time.sleep(min(5, seconds / 4))
+    to_query, to_live = freshness(stack, key, samples=samples, pause=0.3)
+    background.join()
+    achieved, p99, codes = result["hey"]
+    return {
+        "offered_hits_per_second": rate,
+        "achieved_hits_per_second": round(achieved),
+        "ingest_p99_ms": round(p99 * 1000, 1),
+        "status_codes": codes,
+        "to_query_seconds": [round(x, 3) for x in to_query],
+        "to_live_seconds": [round(x, 3) for x in to_live],
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not shutil.which("hey"):
         sys.exit("hey is not installed: apt-get install -y hey")
-    base = [baseline(args.seconds, args.concurrency) for _ in range(args.runs)]
+    base = []
+    for number in range(args.runs):
+        with progress.timed(f"baseline run {number + 1}/{args.runs}", args.seconds):
+            base.append(baseline(args.seconds, args.concurrency))
+    print(f"  bare server: {[round(b) for b in base]} req/s", flush=True)
     with embedded_stack() as stack:
         key = stack.add_site("bench.test")
         time.sleep(1.5)
-        engine, p99s = [], []
-        for _ in range(args.runs):
-            rps, p99, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
+        engine, p99s, all_codes = [], [], []
+        for number in range(args.runs):
+            with progress.timed(f"engine run {number + 1}/{args.runs}", args.seconds):
+                rps, tail, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
             engine.append(rps)
-            p99s.append(p99)
-            print(f"  run: {rps:,.0f} req/s, p99 {p99 * 1000:.1f} ms, status codes {codes}")
-        time.sleep(3)
-        to_query, to_live = freshness(stack, key)
+            p99s.append(tail)
+            all_codes.append(codes)
+            print(f"  run: {rps:,.0f} req/s, p99 {tail * 1000:.1f} ms, {codes}", flush=True)
+        time.sleep(5)
+        fresh = freshness_under_load(
+            stack, key, args.fresh_rate, args.fresh_seconds, args.fresh_samples
+        )
+        print(f"  freshness: {fresh}", flush=True)
     median_engine, median_base = statistics.median(engine), statistics.median(base)
-    print(f"baseline (uvicorn, 202 and nothing else): median {median_base:,.0f} req/s")
-    print(
-        f"rollup ingest /api/event (202 after broker ack): median {median_engine:,.0f} req/s, "
-        f"p99 {statistics.median(p99s) * 1000:.1f} ms"
+    median_p99 = statistics.median(p99s) * 1000
+    ratio = median_engine / median_base
+    ingest = write_result(
+        "ingest",
+        {
+            "command": f"hey -z {args.seconds}s -c {args.concurrency} POST /api/event",
+            "engine_requests_per_second": [round(x) for x in engine],
+            "engine_p99_ms": [round(x * 1000, 1) for x in p99s],
+            "status_codes": all_codes,
+            "bare_server_requests_per_second": [round(x) for x in base],
+        },
+        [
+            Target("requests/s vs bare server", ">= 0.70", round(ratio, 3), ratio >= 0.7),
+            Target("p99 latency ms", "<= 20", round(median_p99, 1), median_p99 <= 20),
+            Target("engine requests/s (median)", "report", round(median_engine), None),
+        ],
+        chart={"rollup /api/event": median_engine, "bare server": median_base},
+        unit="requests/s",
     )
-    print(f"ratio engine/baseline: {median_engine / median_base:.2f}")
-    print(
-        f"hit -> /api/v2/query: median {statistics.median(to_query):.2f} s "
-        f"(max {max(to_query):.2f} s)"
+    live99, query99 = p99(fresh["to_live_seconds"]), p99(fresh["to_query_seconds"])
+    achieved = fresh["achieved_hits_per_second"]
+    freshness_result = write_result(
+        "freshness",
+        fresh,
+        [
+            Target("steady load hits/s", f">= {args.fresh_rate}", achieved, None),
+            Target("202 -> realtime p99 s", "<= 1", round(live99, 3), live99 <= 1),
+            Target("202 -> /api/v2/query p99 s", "<= 5", round(query99, 3), query99 <= 5),
+        ],
+        chart={"realtime p99": live99, "/api/v2/query p99": query99},
+        unit="seconds",
     )
-    print(
-        f"hit -> realtime live: median {statistics.median(to_live):.2f} s "
-        f"(max {max(to_live):.2f} s)"
-    )
+    return [ingest, freshness_result]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--fresh-rate", type=int, default=5000)
+    parser.add_argument("--fresh-seconds", type=int, default=40)
+    parser.add_argument("--fresh-samples", type=int, default=20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -8,18 +8,15 @@ rollups were acknowledged by the broker and their live counters written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 import faust
-from faust.streams import _current_event
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
@@ -30,8 +27,8 @@ from engine.live_state import MinuteState
 from engine.redis_conn import connect_redis
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from sinks.redis_live import LiveCountersSink, LiveUpdate
-from topologies import end_offsets
-from topologies.session_stage import SessionStage
+from topologies import end_offsets, worker_metrics
+from topologies.session_stage import SessionStage, event_context
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +72,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 
 # A live hit is one whose event time is near its arrival; imports of old data skip Redis.
 LIVE_SKEW_SECONDS = 120
-
-
-@contextlib.contextmanager
-def event_context(event: faust.EventT[Any]) -> Iterator[None]:
-    """Make `event` the stream's current event, as Faust's own iteration does, so table writes
-    inside a `take_events` batch go to the changelog partition of the event they came from."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def live_hits(hits: list[Hit], arrived: float) -> dict[str, list[Hit]]:
@@ -153,9 +139,16 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         sessions_table, settings.session_lateness_seconds, settings.session_state_idle_seconds
     )
 
+    worker_metrics.install(
+        app, settings, {"live-minutes": live_minutes.table, "sessions": sessions_table}
+    )
+
     @app.timer(interval=settings.session_expiry_interval)  # type: ignore[untyped-decorator]
     async def expire_sessions() -> None:
         sessions.expire()
+
+    # Per batch: (site, arrival minute) -> the minute's state and the last event touching it.
+    live_batch: dict[tuple[str, int], tuple[MinuteState, faust.EventT[Any]]] = {}
 
     async def process_message(event: faust.EventT[Any]) -> tuple[Awaitable[Any], float] | None:
         """Session state, rollups and live state for one hits message; returns the pending send
@@ -169,8 +162,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                 "skipping undecodable hits message %s/%s", message.partition, message.offset
             )
             return None
-        with event_context(event):
-            session_rows, hits = sessions.process(hits, message.partition, message.offset)
+        session_rows, hits = sessions.process(hits, event)
         output = WorkerOutput(
             message.partition, message.offset, build_rollup_rows(hits), session_rows, hits
         )
@@ -179,16 +171,19 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
             value=encode_output(output),
             partition=message.partition,
         )
-        with event_context(event):
-            for site, site_hits in live_hits(hits, message.timestamp).items():
-                window = live_minutes[site]
-                state = MinuteState.from_bytes(window.current())
-                added = state.apply(site_hits, message.offset)
-                if added is None:
-                    continue  # replayed after a restart: already in the table
-                live_minutes[site] = state.to_bytes()
-                minute = int(message.timestamp // 60) * 60
-                live.add(LiveUpdate(site, minute, state, added), message.partition, message.offset)
+        minute = int(message.timestamp // 60) * 60  # the window Faust picks for this event
+        for site, site_hits in live_hits(hits, message.timestamp).items():
+            cached = live_batch.get((site, minute))
+            if cached is None:
+                with event_context(event):
+                    state = MinuteState.from_bytes(live_minutes[site].current())
+            else:
+                state = cached[0]
+            added = state.apply(site_hits, message.offset)
+            if added is None:
+                continue  # replayed after a restart: already in the table
+            live_batch[(site, minute)] = (state, event)
+            live.add(LiveUpdate(site, minute, state, added), message.partition, message.offset)
         HITS_PROCESSED.inc(len(hits))
         MESSAGES_PROCESSED.inc()
         return sent, max((h["ts"] for h in hits), default=0.0)
@@ -202,6 +197,12 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
             if processed is not None:
                 sends.append(processed[0])
                 newest_ts = max(newest_ts, processed[1])
+        # One table write per key per batch, under the last event that touched the key.
+        sessions.end_batch()
+        for (site, _minute), (state, event) in live_batch.items():
+            with event_context(event):
+                live_minutes[site] = state.to_bytes()
+        live_batch.clear()
         # The batch's offsets are acknowledged when this returns: only once every output is
         # acknowledged by the broker.
         await asyncio.gather(*sends)
@@ -214,6 +215,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         if newest_ts:
             LAG_SECONDS.observe(max(0.0, time.time() - newest_ts))
         BATCH_SECONDS.observe(time.monotonic() - started)
+        worker_metrics.BATCH_MESSAGES.observe(len(events))
 
     @app.agent(hits_topic, name="rollups")
     async def rollups(stream: faust.StreamT[bytes]) -> None:
@@ -241,5 +243,13 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     app = build_worker_app(settings)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    from engine.logs import dict_config
+
+    # Text mode keeps Faust's own (colour) log setup; json replaces it.
+    logging_config = (
+        dict_config(settings.log_level, "json") if settings.log_format == "json" else None
+    )
+    worker = Worker(
+        app, loglevel=settings.log_level.upper(), quiet=True, logging_config=logging_config
+    )
     worker.execute_from_commandline()

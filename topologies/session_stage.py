@@ -3,16 +3,22 @@
 For each hits message the stage updates the visitors' session state (engine/sessions.py holds
 the rules), returns the absolute session rows to store, and gives every hit its session's visit
 attributes (source, referrer, UTM, device, browser, OS, country of the session's first event).
-Must be called inside `event_context` so table writes go to the message's partition.
+States are cached for a batch and written back by `end_batch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
+import faust
 import msgpack
+from faust.streams import _current_event
 from prometheus_client import Counter, Gauge
 
 from engine.hits import Hit
@@ -32,6 +38,17 @@ SESSION_STATES = Gauge("rollup_worker_session_states", "Visitor session states h
 EXPIRED_STATES = Counter("rollup_worker_session_states_expired_total", "Idle states dropped")
 
 
+@contextlib.contextmanager
+def event_context(event: faust.EventT[Any]) -> Iterator[None]:
+    """Make `event` the stream's current event, as Faust's own iteration does, so table writes
+    outside Faust's iteration go to the changelog partition of the event they came from."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 def state_key(site: str, vid: int) -> str:
     return f"{site}|{vid}"
 
@@ -46,40 +63,45 @@ def unwrap(raw: bytes) -> tuple[int, float, VisitorSessions]:
     return int(partition), float(updated), VisitorSessions.from_bytes(body)
 
 
+@dataclass
+class _Loaded:
+    """A visitor's decoded state for the length of one batch."""
+
+    state: VisitorSessions
+    partition: int
+    event: Any  # the Faust event whose context the table write belongs to
+    adopted: str | None = None  # yesterday's key, to delete once today's state is written
+
+
 class SessionStage:
+    """Each visitor state is read from the table and decoded at most once per batch and
+    written back once, at `end_batch`: one table write (and changelog record) per key per
+    batch instead of one per hits message."""
+
     def __init__(self, table: Any, lateness: float, idle_seconds: float) -> None:
         self.table = table
         self.lateness = lateness
         self.idle_seconds = idle_seconds
+        self._batch: dict[str, _Loaded] = {}
 
-    def process(
-        self, hits: list[Hit], partition: int, offset: int
-    ) -> tuple[list[dict[str, Any]], list[Hit]]:
+    def process(self, hits: list[Hit], event: Any) -> tuple[list[dict[str, Any]], list[Hit]]:
+        partition, offset = event.message.partition, event.message.offset
         by_visitor: dict[tuple[str, int], list[int]] = defaultdict(list)
         for index, hit in enumerate(hits):
             by_visitor[(hit["site"], hit["vid"])].append(index)
         rows: dict[int, dict[str, Any]] = {}
         out = list(hits)
-        now = time.time()
         for group, ((site, vid), indexes) in enumerate(by_visitor.items()):
             visitor_hits = [hits[i] for i in indexes]
             key = state_key(site, vid)
-            raw = self.table.get(key)
-            adopted = None
-            previous_vid = visitor_hits[0].get("vid_prev") or 0
-            if not raw and previous_vid:
-                # Salt rotated at midnight: continue yesterday's session under today's id.
-                adopted = state_key(site, previous_vid)
-                raw = self.table.get(adopted) or None
-            state = unwrap(raw)[2] if raw else VisitorSessions.new(site, vid)
+            loaded = self._load(key, site, vid, visitor_hits[0].get("vid_prev") or 0, partition)
+            loaded.event = event
+            state = loaded.state
             events = [SessionEvent.from_hit(h, state.take_seq()) for h in visitor_hits]
             # One message may touch a state twice (yesterday's and today's id of one visitor):
             # the replay guard needs a position per visitor group, not per message.
             outcome = state.apply(events, (offset << 16) | group, self.lateness)
             LATE_HITS.inc(len(outcome.late_events))
-            self.table[key] = wrap(state, partition, now)
-            if adopted is not None:
-                del self.table[adopted]
             for row in outcome.upserts:
                 rows[row.session_id] = row.as_columns(site, offset, partition, offset)
             for row in outcome.deleted:
@@ -92,6 +114,40 @@ class SessionStage:
                 if session is not None:
                     out[i] = _with_visit_attributes(hits[i], session)
         return list(rows.values()), out
+
+    def _load(self, key: str, site: str, vid: int, previous_vid: int, partition: int) -> _Loaded:
+        loaded = self._batch.get(key)
+        if loaded is not None:
+            return loaded
+        raw = self.table.get(key)
+        adopted = None
+        if not raw and previous_vid:
+            # Salt rotated at midnight: continue yesterday's session under today's id.
+            adopted = state_key(site, previous_vid)
+            earlier = self._batch.pop(adopted, None)
+            if earlier is not None:
+                loaded = _Loaded(earlier.state, partition, earlier.event, adopted)
+                self._batch[key] = loaded
+                return loaded
+            raw = self.table.get(adopted) or None
+        state = unwrap(raw)[2] if raw else VisitorSessions.new(site, vid)
+        loaded = _Loaded(state, partition, None, adopted)
+        self._batch[key] = loaded
+        return loaded
+
+    def end_batch(self) -> None:
+        """Write back every state the batch touched, each under the context of the last event
+        that touched it, so the changelog record goes to that event's partition."""
+        now = time.time()
+        batch, self._batch = self._batch, {}
+        for key, loaded in batch.items():
+            with event_context(loaded.event):
+                self.table[key] = wrap(loaded.state, loaded.partition, now)
+                if loaded.adopted is not None and loaded.adopted in self.table:
+                    del self.table[loaded.adopted]
+
+    def discard_batch(self) -> None:
+        self._batch.clear()
 
     def expire(self) -> int:
         """Drop states idle longer than the window in which they could still change; returns

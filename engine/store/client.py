@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -15,14 +16,27 @@ from typing import Any, TypeVar
 
 import clickhouse_connect
 import orjson
+from prometheus_client import Histogram
 
 from config import Settings
 from engine.errors import ComponentError
-from engine.store.schema import ddl
+from engine.store.schema import cluster_client_settings, ddl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+INSERT_SECONDS = Histogram(
+    "rollup_store_insert_seconds",
+    "Duration of one ClickHouse insert, by table (failed inserts included)",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INSERT_ROWS = Histogram(
+    "rollup_store_insert_rows",
+    "Rows per ClickHouse insert, by table",
+    ["table"],
+    buckets=(1, 10, 100, 1000, 10_000, 100_000),
+)
 # ClickHouse commits an insert part by part, splitting at ~1M rows by default: a crash between
 # parts would leave a batch half-stored under a replay guard that says "all of it". One block,
 # one part, all or nothing.
@@ -37,7 +51,8 @@ ONE_PART_INSERT = {
 def connect(settings: Settings) -> Any:
     try:
         if settings.clickhouse_url:
-            return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+            extra = cluster_client_settings() if settings.clickhouse_cluster else {}
+            return clickhouse_connect.get_client(dsn=settings.clickhouse_url, settings=extra)
         settings.chdb_path.parent.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
     except Exception as exc:
@@ -58,7 +73,9 @@ class Store:
         self._client = connect(self._settings)
 
     def migrate(self) -> None:
-        for statement in ddl(self._settings.events_retention_days):
+        for statement in ddl(
+            self._settings.events_retention_days, self._settings.clickhouse_cluster
+        ):
             self._client.command(statement)
 
     def close(self) -> None:
@@ -77,9 +94,14 @@ class Store:
         if not rows:
             return
         block = b"\n".join(orjson.dumps(row) for row in rows)
-        self._client.raw_insert(
-            table, insert_block=block, fmt="JSONEachRow", settings=ONE_PART_INSERT
-        )
+        started = time.perf_counter()
+        try:
+            self._client.raw_insert(
+                table, insert_block=block, fmt="JSONEachRow", settings=ONE_PART_INSERT
+            )
+        finally:
+            INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        INSERT_ROWS.labels(table).observe(len(rows))
 
     def command_sync(self, sql: str) -> None:
         self._client.command(sql)

@@ -11,6 +11,8 @@ see engine/store/writer.py.
 
 from __future__ import annotations
 
+import re
+
 from engine.dimensions import TOTAL, VISIT_DIMENSIONS
 
 ROLLUP_LEVELS: dict[str, str] = {
@@ -24,7 +26,15 @@ ROLLUP_LEVELS: dict[str, str] = {
 MAX_RETENTION_DAYS = 36_500
 
 
-def ddl(events_retention_days: int = 90) -> list[str]:
+def ddl(events_retention_days: int = 90, cluster: str | None = None) -> list[str]:
+    """The schema, idempotent. With `cluster`, the ClickHouse cluster variant (see
+    `cluster_ddl`); without, the single-node tables."""
+    if cluster is not None:
+        return cluster_ddl(events_retention_days, cluster)
+    return _single_node_ddl(events_retention_days)
+
+
+def _single_node_ddl(events_retention_days: int) -> list[str]:
     if not 1 <= events_retention_days <= MAX_RETENTION_DAYS:
         raise ValueError(f"events retention must be 1..{MAX_RETENTION_DAYS} days")
     rollup_cols = """
@@ -177,6 +187,60 @@ def ddl(events_retention_days: int = 90) -> list[str]:
             )
         ),
     ]
+
+
+# How rows spread over shards. Rows that ClickHouse must merge into one (a rollup key, a
+# session's versions) must live on one shard, so the key covers the table's merge key.
+SHARDING_KEYS: dict[str, str] = {
+    "events": "cityHash64(site, vid)",
+    "sessions": "cityHash64(site, session_id)",
+    "rollup_log": "src_partition",
+    "rollup_minute": "cityHash64(site, dim, value)",
+    "rollup_hour": "cityHash64(site, dim, value)",
+    "rollup_day": "cityHash64(site, dim, value)",
+}
+
+_CREATE = re.compile(
+    r"^\s*CREATE TABLE IF NOT EXISTS (?P<name>\w+) \((?P<columns>.*)\)\s*"
+    r"ENGINE = (?P<engine>\w+)(?:\((?P<args>[^)]*)\))?(?P<tail>.*)$",
+    re.DOTALL,
+)
+_CLUSTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def cluster_ddl(events_retention_days: int, cluster: str) -> list[str]:
+    """The cluster variant of the single-node schema, table by table: `<table>_local` is a
+    Replicated*MergeTree created ON CLUSTER (same columns, keys and TTL, replicated through
+    the `{shard}`/`{replica}` macros of each server), and `<table>` a Distributed table over it,
+    so every query and insert of the engine keeps its table names. No legacy migrations: a
+    cluster schema starts at the current version."""
+    if not _CLUSTER_NAME.match(cluster):
+        raise ValueError(f"invalid ClickHouse cluster name {cluster!r}")
+    statements: list[str] = []
+    for statement in _single_node_ddl(events_retention_days):
+        match = _CREATE.match(statement)
+        if match is None:
+            continue  # DROP VIEW / ALTER ... ADD COLUMN upgrade earlier single-node versions
+        name, engine, args = match["name"], match["engine"], match["args"]
+        path = f"'/clickhouse/tables/{{shard}}/{{database}}/{name}_local', '{{replica}}'"
+        engine_args = f"{path}, {args}" if args else path
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {name}_local ON CLUSTER {cluster} ("
+            f"{match['columns']}) ENGINE = Replicated{engine}({engine_args}){match['tail']}"
+        )
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {name} ON CLUSTER {cluster} AS {name}_local "
+            f"ENGINE = Distributed({cluster}, currentDatabase(), {name}_local, "
+            f"{SHARDING_KEYS[name]})"
+        )
+    return statements
+
+
+def cluster_client_settings() -> dict[str, int]:
+    """Session settings for a cluster: an insert into a Distributed table returns only once
+    every shard has the rows, so the writer's "ClickHouse holds it" record (and the Kafka
+    commit after it) is true when it is made."""
+    return {"insert_distributed_sync": 1}
 
 
 _LEVEL_KEYS: dict[str, str] = {

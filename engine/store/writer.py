@@ -45,6 +45,7 @@ REPLAYS_SKIPPED = Counter(
 )
 BAD_MESSAGES = Counter("rollup_store_bad_messages_total", "Undecodable worker output messages")
 INSERT_FAILURES = Counter("rollup_store_insert_failures_total", "Failed inserts", ["table"])
+INSERT_RETRIES = Counter("rollup_store_insert_retries_total", "Inserts tried again", ["table"])
 APPLIED_OFFSET = Gauge(
     "rollup_store_applied_offset", "Highest hits offset stored", ["table", "partition"]
 )
@@ -253,6 +254,7 @@ class StoreWriter:
                 INSERT_FAILURES.labels(target.table).inc()
                 if attempt == 2:
                     raise  # uncommitted: the consumer restarts and Kafka delivers these again
+                INSERT_RETRIES.labels(target.table).inc()
                 await asyncio.sleep(0.5 * (attempt + 1))
         return 0
 
