@@ -451,6 +451,10 @@ def run_queries(
     with running_api(data_dir, max(90, days + 30)) as (url, api_key):
         api = measure_api(url, api_key, api_bodies(ds, first, last), rounds, again=True)
     problems = check_answers(ds, api["answers"], raw["exact"][key])
+    if not build.get("pageviews"):  # a reused store without its build record: count it
+        ((visitors, pageviews),) = raw["exact"][key]["aggregate"][0]
+        build.update(pageviews=pageviews, visitors_exact=visitors)
+        build["rows_sessions"] = raw["exact"][key]["aggregate"][1][0][0]
     rows = []
     for name in QUERY_NAMES:
         rows.append(
