@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     events_retention_days: int = 90
     live_window_minutes: int = 30
     stats_rate_limit_per_hour: int = 600  # default of a new key; each key has its own
+    # Stats API answers kept per process (0 = off); used only with the embedded chDB store,
+    # whose only writer is this process (see engine/query/cache.py).
+    query_cache_entries: int = 2048
     sites_refresh_seconds: float = 2.0
     worker_web_port: int = 6066
     # RocksDB state of one worker process; two workers on one machine need two directories.

@@ -28,6 +28,7 @@ from engine.ingest import UNAVAILABLE
 from engine.ingest_asgi import FastEventPath
 from engine.live import live_summary, realtime_visitors
 from engine.query import plan_query
+from engine.query.cache import ResultCache
 from engine.rejections import reason_of, reject
 from engine.runtime import Role, Runtime
 from engine.sites import ApiKey, KeyInfo
@@ -74,6 +75,8 @@ def build_app(
     """The ASGI app. With `manage_lifespan=False` the caller starts and stops
     `app.state.runtime` itself (the CLI does, to report start failures in one line)."""
     runtime = Runtime(settings, roles or frozenset({Role.INGEST, Role.API}))
+    # Exact only while this process is the store's only writer: the embedded chDB store.
+    results = ResultCache(settings.query_cache_entries if settings.embedded_clickhouse else 0)
 
     async def read_body(request: Request, limit: int) -> bytes:
         declared = request.headers.get("content-length")
@@ -173,17 +176,34 @@ def build_app(
             return limited
         site = runtime.site_records.get(str(site_id))
         timezone = site.timezone if site else "UTC"
+        writer = runtime.writer
+        # Read before planning and querying: an answer is stored under the version it started
+        # from, so a batch landing meanwhile retires it.
+        version = writer.data_version(str(site_id)) if writer is not None else None
         try:
+            # Only `all` needs the site's first day, which costs a query.
+            all_time = body.get("date_range") == "all"
             plan = plan_query(
                 body,
                 timezone=timezone,
                 now=dt.datetime.now(dt.UTC),
-                first_day=await runtime.first_day(str(site_id)),
+                first_day=await runtime.first_day(str(site_id)) if all_time else None,
             )
         except QueryError as error:
             QUERIES.labels("400", "").inc()
             reject("query", "invalid_query")
             return json_response({"error": str(error)}, 400)
+        cache_key = None
+        if version is not None:
+            shape = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            cache_key = results.key(str(site_id), plan.statements, version, shape)
+            # `Cache-Control: no-cache` asks for an answer computed now (HTTP semantics).
+            if "no-cache" not in request.headers.get("cache-control", ""):
+                cached = results.get(cache_key)
+                if cached is not None:
+                    QUERIES.labels("200", "cache").inc()
+                    QUERY_SECONDS.labels("cache").observe(time.perf_counter() - started)
+                    return Response(cached, media_type=JSON)
         try:
             rows = [await runtime.store.query(sql) for sql in plan.statements]
         except Exception as exc:  # the store, not the query, is at fault: say so, don't 500
@@ -191,10 +211,12 @@ def build_app(
             QUERIES.labels("503", plan.table).inc()
             message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             return json_response({"error": f"clickhouse: {message}"}, 503, {"Retry-After": "5"})
-        answer = plan.render(rows)
+        answer = orjson.dumps(plan.render(rows))
+        if cache_key is not None:
+            results.put(cache_key, answer)
         QUERIES.labels("200", plan.table).inc()
         QUERY_SECONDS.labels(plan.table).observe(time.perf_counter() - started)
-        return json_response(answer)
+        return Response(answer, media_type=JSON)
 
     async def realtime(request: Request, detail: bool) -> Response:
         site_id = request.query_params.get("site_id")

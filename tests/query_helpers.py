@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, empty_label
 from engine.query import QueryPlan, plan_query
-from engine.store.schema import ROLLUP_LEVELS, ddl, derive_sql
+from engine.store import session_rollup
+from engine.store.schema import ROLLUP_LEVELS, SESSION_ROLLUP, ddl, derive_sql
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 BIG_SITE = "big.test"  # many distinct visitors: uniqCombined64 is approximate there
@@ -234,7 +235,19 @@ def open_store(path: Path, hits: list[Hit], sessions: list[Session] | None = Non
     for level in ROLLUP_LEVELS.values():
         client.command(derive_sql(level, None))
     if sessions is not None:
-        for batch in session_insert_batches(sessions):
+        for offset, batch in enumerate(session_insert_batches(sessions)):
+            # As the store writer does: session_hour deltas against what `sessions` holds
+            # before the batch, then the batch.
+            new: dict[int, dict[str, Any]] = {}
+            for row in batch:
+                sid = int(row["session_id"])
+                if sid not in new or row["version"] >= new[sid]["version"]:
+                    new[sid] = {**row, "start": row["start"].timestamp()}
+            stored = client.query(session_rollup.stored_versions_sql(new.values())).result_rows
+            old = session_rollup.parse_stored([tuple(r) for r in stored])
+            deltas = session_rollup.deltas(old, new, {0: offset})
+            lines = (json.dumps(row, default=_json_default) for row in deltas)
+            client.command(f"INSERT INTO {SESSION_ROLLUP} FORMAT JSONEachRow\n" + "\n".join(lines))
             lines = (json.dumps(row, default=_json_default) for row in batch)
             client.command("INSERT INTO sessions FORMAT JSONEachRow\n" + "\n".join(lines))
     return client
@@ -280,7 +293,11 @@ def plans_for_every_table(body: dict[str, Any], hits: list[Hit]) -> Iterator[Que
     }
     default = plan_query(body, **kwargs)
     for table in default.candidates:
-        yield plan_query(body, table=table, **kwargs)
+        plan = plan_query(body, table=table, **kwargs)
+        yield plan
+        # Session metrics read session_hour when it can answer: compare with sessions FINAL too.
+        if table.endswith("sessions") and any(SESSION_ROLLUP in s for s in plan.statements):
+            yield plan_query(body, table=table, session_table="sessions", **kwargs)
 
 
 # --- the oracle ----------------------------------------------------------------------------

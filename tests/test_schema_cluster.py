@@ -15,13 +15,22 @@ from engine.store.schema import SHARDING_KEYS, cluster_client_settings, ddl
 
 # sha256 of the single-node statements: a change here changes what every existing deployment
 # runs at start. Changed deliberately once since the cluster mode: issue 8 added the vitals
-# columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades).
+# columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades);
+# issue 5 added the session_hour rollup.
 SINGLE_NODE_SHA256 = {
-    90: "de1c2fcec26b77d5654b37f5c13e5aff2a1601c5bc4df6dfa952d515810f8654",
-    1: "076e772edfc291b098d028ad4945630864b5f6b652ce5095b3a944e196ffe16b",
-    400: "eabc4942f3d8e3b700292ae475b6f5d5516f869f41147153a373bce0bef9355c",
+    90: "64958a4dbd73def3d4b64df3561fc6a1b7bbee9032898544d6ca93c5c29d7ef5",
+    1: "8c65e1161b5c77c1d76524c7b0fe138b5b986b84f9b438516135c4020093fad6",
+    400: "cb7cc3a811247b8ead786819f88ffa5506e2a2bd1d8d5acbade4dcbd6dbfcee4",
 }
-TABLES = ("events", "sessions", "rollup_log", "rollup_minute", "rollup_hour", "rollup_day")
+TABLES = (
+    "events",
+    "sessions",
+    "rollup_log",
+    "rollup_minute",
+    "rollup_hour",
+    "rollup_day",
+    "session_hour",
+)
 
 
 def columns(statement: str) -> list[str]:

@@ -72,7 +72,7 @@ from engine.query.model import (
     prop_key,
 )
 from engine.query.render import render
-from engine.store.schema import VITALS_SKETCH_PARAMS
+from engine.store.schema import SESSION_ROLLUP, SESSION_ROLLUP_COLUMNS, VITALS_SKETCH_PARAMS
 
 TABLES: Final[tuple[str, ...]] = (
     "rollup_day",
@@ -114,6 +114,11 @@ _TIME_COLUMN: Final[dict[str, str]] = {
     "rollup_hour": "hour",
     "events": "ts",
     sessions.TABLE: "start",
+    SESSION_ROLLUP: "hour",
+}
+# Session metrics from session_hour: sums of per-hour sums.
+_SESSION_ROLLUP_AGGREGATES: Final[dict[str, str]] = {
+    c: f"sum({c})" for c in ("pageviews", "events", "visits", "bounces", "duration")
 }
 _SQL_FORMAT: Final[dict[str, str]] = {"minute": "%Y-%m-%d %H:%i:00", "hour": "%Y-%m-%d %H:00:00"}
 
@@ -169,8 +174,10 @@ def plan_query(
     now: datetime,
     first_day: date | None,
     table: str | None = None,
+    session_table: str | None = None,
 ) -> QueryPlan:
-    """Validate `body` and plan it. `table` forces a table (tests); it must be able to answer."""
+    """Validate `body` and plan it. `table` forces a table (tests); it must be able to answer.
+    `session_table` forces where session metrics are read: "sessions" or "session_hour"."""
     query = parse_query(body)
     tz = zone(timezone)
     dr = resolve_date_range(query.date_range, tz, now, first_day)
@@ -199,7 +206,11 @@ def plan_query(
     statements: list[str] = []
     parts: list[Part] = []
     if table == sessions.TABLE:
-        parts.append(_session_part(query, dr, gran, query.metrics, order, statements, paginate))
+        parts.append(
+            _session_part(
+                query, dr, gran, query.metrics, order, statements, paginate, session_table
+            )
+        )
     else:
         event_table = table.removesuffix(MIXED_SUFFIX)
         select = _event_select(query, dr, gran, event_table)
@@ -219,7 +230,9 @@ def plan_query(
         )
         if merged:
             parts.append(
-                _session_part(query, dr, gran, session_metrics, order, statements, paginate)
+                _session_part(
+                    query, dr, gran, session_metrics, order, statements, paginate, session_table
+                )
             )
     return QueryPlan(
         site_id=query.site_id,
@@ -244,11 +257,20 @@ def _session_part(
     order: list[tuple[str, Direction]],
     statements: list[str],
     paginate: bool,
+    session_table: str | None = None,
 ) -> Part:
     """Append the sessions statements for `metrics` to `statements`."""
-    select = _session_select(query, dr, gran)
     wanted = {c for m in metrics for c in sessions.NEEDS[m]}  # order_by names only these
     columns = tuple(c for c in sessions.COLUMN_ORDER if c in wanted)
+    rollup_ok = session_rollup_answers(query, dr, gran, columns)
+    if session_table == SESSION_ROLLUP and not rollup_ok:
+        raise ValueError(f"{SESSION_ROLLUP} cannot answer this query")
+    if session_table not in (None, SESSION_ROLLUP, sessions.TABLE):
+        raise ValueError(f"unknown session table {session_table!r}")
+    if rollup_ok and session_table != sessions.TABLE:
+        select = _session_rollup_select(query, dr, gran)
+    else:
+        select = _session_select(query, dr, gran)
     main_index = len(statements)
     statements.append(select.main(columns, order, paginate=paginate))
     total_index = count_index = None
@@ -259,6 +281,24 @@ def _session_part(
         count_index = len(statements)
         statements.append(select.count())
     return Part(sessions.TABLE, metrics, columns, main_index, total_index, count_index)
+
+
+def session_rollup_answers(
+    query: Query, dr: DateRange, gran: Granularity | None, columns: tuple[str, ...]
+) -> bool:
+    """session_hour answers exactly when every session counts in one of its rows: at most one
+    (single-valued) visit dimension across dimensions and filters, whole UTC hours, and local
+    time buckets that do not split an hour; it holds no visitors."""
+    plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
+    return (
+        "visitors" not in columns
+        and len(plain) <= 1
+        and all(d in SESSION_ROLLUP_COLUMNS for d in plain)
+        and gran != "minute"
+        and is_aligned(dr.start, 3600)
+        and is_aligned(dr.end, 3600)
+        and (gran is None or offsets_are_multiples(dr.tz, dr.start, dr.end, 3600))
+    )
 
 
 def candidate_tables(query: Query, dr: DateRange, gran: Granularity | None) -> list[str]:
@@ -430,6 +470,37 @@ def _session_select(query: Query, dr: DateRange, gran: Granularity | None) -> _S
     )
     return _Select(
         query, src.source, src.where, src.labels, sessions.AGGREGATES, sessions.ORDER_EXPRESSION
+    )
+
+
+def _session_rollup_select(query: Query, dr: DateRange, gran: Granularity | None) -> _Select:
+    plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
+    dim = next(iter(plain)) if plain else TOTAL
+    conds = [
+        f"site = {sql.string(query.site_id)}",
+        f"dim = {sql.string(dim)}",
+        f"hour >= {sql.datetime_literal(dr.start)}",
+        f"hour < {sql.datetime_literal(dr.end)}",
+    ]
+    where = compile_filters(query.filters, lambda _: "value")
+    if where is not None:
+        conds.append(where)
+    labels: list[str] = []
+    for d in query.dimensions:
+        if d in TIME_DIMENSIONS:
+            assert gran is not None
+            labels.append(_time_label(SESSION_ROLLUP, gran, sql.string(dr.tz.key)))
+        else:
+            labels.append(f"if(value = '', {sql.string(empty_label(d))}, value)")
+    return _Select(
+        query,
+        SESSION_ROLLUP,
+        " AND ".join(conds),
+        labels,
+        _SESSION_ROLLUP_AGGREGATES,
+        sessions.ORDER_EXPRESSION,
+        # Deltas leave rows of retracted values behind; no sessions there, no row.
+        having="sum(visits) != 0",
     )
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from engine.dimensions import TOTAL, VISIT_DIMENSIONS
+
 ROLLUP_LEVELS: dict[str, str] = {
     # level -> (table, time column)
     "minute": "rollup_minute",
@@ -170,6 +172,26 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
         "CREATE TABLE IF NOT EXISTS rollup_day ("
         + rollup_cols.format(time_col="day Date")
         + ") ENGINE = AggregatingMergeTree ORDER BY (site, dim, day, value)",
+        # Session metrics per UTC hour of the session's start, by visit dimension: reading
+        # `sessions FINAL` over a month of a busy site is far too slow for a dashboard. Fed by
+        # the store writer with signed deltas (the new version of a session minus the one
+        # stored before), see engine/store/session_rollup.py; rows summing to 0 visits are
+        # retracted values and are skipped by queries.
+        """
+        CREATE TABLE IF NOT EXISTS session_hour (
+            site LowCardinality(String),
+            hour DateTime('UTC'),
+            dim LowCardinality(String),
+            value String,
+            visits SimpleAggregateFunction(sum, Int64),
+            bounces SimpleAggregateFunction(sum, Int64),
+            duration SimpleAggregateFunction(sum, Int64),
+            pageviews SimpleAggregateFunction(sum, Int64),
+            events SimpleAggregateFunction(sum, Int64),
+            src_partition SimpleAggregateFunction(any, UInt16),
+            src_offset SimpleAggregateFunction(max, UInt64)
+        ) ENGINE = AggregatingMergeTree ORDER BY (site, dim, hour, value)
+        """,
         # Earlier schema versions fed the levels by materialized views; see derive_sql.
         "DROP VIEW IF EXISTS rollup_minute_mv",
         "DROP VIEW IF EXISTS rollup_hour_mv",
@@ -201,6 +223,7 @@ SHARDING_KEYS: dict[str, str] = {
     "rollup_minute": "cityHash64(site, dim, value)",
     "rollup_hour": "cityHash64(site, dim, value)",
     "rollup_day": "cityHash64(site, dim, value)",
+    "session_hour": "cityHash64(site, dim, value)",
 }
 
 _CREATE = re.compile(
@@ -297,3 +320,45 @@ def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
         SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
                  min_insert_block_size_bytes = {_ONE_BLOCK}
     """
+
+
+SESSION_ROLLUP: str = "session_hour"
+# Dimension of a session_hour row -> its `sessions` column. Single-valued per session, so a
+# session counts in exactly one row per dimension.
+SESSION_ROLLUP_COLUMNS: dict[str, str] = {
+    TOTAL: "",
+    **VISIT_DIMENSIONS,
+    "visit:entry_page": "entry_page",
+    "visit:exit_page": "exit_page",
+}
+
+
+def rebuild_session_rollup_sql() -> str:
+    """session_hour from scratch out of `sessions FINAL` (a store older than the table, or a
+    bulk-built one), in one part, with a marker row (site '', value = the partition) per hits
+    partition recording the highest source offset `sessions` holds, which is what the writer's
+    replay guard reads."""
+    pairs = ", ".join(
+        f"({_quote(dim)}, {column or _quote('')})" for dim, column in SESSION_ROLLUP_COLUMNS.items()
+    )
+    return f"""
+        INSERT INTO {SESSION_ROLLUP}
+            (site, hour, dim, value, visits, bounces, duration, pageviews, events,
+             src_partition, src_offset)
+        SELECT site, toStartOfHour(start) AS h, d.1 AS dim, d.2 AS value, count(),
+               sum(is_bounce), sum(if(is_bounce != 0, 0, duration)), sum(pageviews),
+               sum(events), src_partition, max(src_offset)
+        FROM sessions FINAL ARRAY JOIN [{pairs}] AS d
+        WHERE is_deleted = 0
+        GROUP BY site, h, dim, value, src_partition
+        UNION ALL
+        SELECT '', toDateTime(0, 'UTC'), '', toString(src_partition), 0, 0, 0, 0, 0,
+               src_partition, max(src_offset)
+        FROM sessions GROUP BY src_partition
+        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
+                 min_insert_block_size_bytes = {_ONE_BLOCK}
+    """
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,173 @@
+"""session_hour deltas: what a batch of absolute session rows changes in the session rollup.
+
+The worker sends absolute session versions (idempotent, see engine/sessions.py). For each
+session a batch touches, the store writer subtracts the version `sessions` held before the batch
+and adds the batch's newest version, per (site, UTC hour of start, dimension, value). The old
+versions are read from `sessions` BEFORE the batch's own rows are inserted there, and every row
+already in `sessions` is already counted in session_hour (the writer inserts session_hour
+first, and each table has its own replay guard): so a ReplacingMergeTree merge can never hide
+an old version that was not yet subtracted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from engine.store.client import Store
+from engine.store.schema import SESSION_ROLLUP, SESSION_ROLLUP_COLUMNS
+from sinks.base import Sink
+
+METRICS: Final[tuple[str, ...]] = ("visits", "bounces", "duration", "pageviews", "events")
+# What a delta needs of a session row (besides the dimension columns).
+_ROW_FIELDS: Final[tuple[str, ...]] = (
+    "site",
+    "start",
+    "version",
+    "is_deleted",
+    "is_bounce",
+    "duration",
+    "pageviews",
+    "events",
+)
+_DIM_COLUMNS: Final[tuple[str, ...]] = tuple(c for c in SESSION_ROLLUP_COLUMNS.values() if c)
+Key = tuple[int, str, int, str, str]  # (partition, site, hour, dim, value)
+
+
+def _hour(start: float) -> int:
+    return int(start // 3600) * 3600
+
+
+def contributions(row: Mapping[str, Any]) -> Iterable[tuple[str, int, str, str, list[int]]]:
+    """(site, hour, dim, value, metrics) of one live session row; nothing for a deleted one."""
+    if row["is_deleted"]:
+        return
+    bounce = 1 if row["is_bounce"] else 0
+    metrics = [1, bounce, 0 if bounce else int(row["duration"]), row["pageviews"], row["events"]]
+    hour = _hour(float(row["start"]))
+    for dim, column in SESSION_ROLLUP_COLUMNS.items():
+        yield row["site"], hour, dim, str(row[column]) if column else "", metrics
+
+
+def deltas(
+    old: Mapping[int, Mapping[str, Any]],
+    new: Mapping[int, Mapping[str, Any]],
+    watermarks: Mapping[int, int],
+) -> list[dict[str, Any]]:
+    """session_hour rows for replacing `old[id]` (absent: nothing stored) by `new[id]`.
+    `new` rows carry src_partition; `watermarks`: highest source offset per partition of the
+    batch, recorded in every row and in one marker row (site '') per partition."""
+    sums: dict[Key, list[int]] = {}
+    for sid, row in new.items():
+        partition = int(row["src_partition"])
+        stored = old.get(sid)
+        if stored is not None and int(stored["version"]) > int(row["version"]):
+            continue  # an older version arriving late: the stored one stays (as in FINAL)
+        for sign, version in ((-1, stored), (1, row)):
+            if version is None:
+                continue
+            for site, hour, dim, value, metrics in contributions(version):
+                cell = sums.setdefault((partition, site, hour, dim, value), [0] * len(METRICS))
+                for i, m in enumerate(metrics):
+                    cell[i] += sign * m
+    out: list[dict[str, Any]] = []
+    for (partition, site, hour, dim, value), cell in sums.items():
+        out.append(
+            {
+                "site": site,
+                "hour": hour,
+                "dim": dim,
+                "value": value,
+                **dict(zip(METRICS, cell, strict=True)),
+                "src_partition": partition,
+                "src_offset": watermarks[partition],
+            }
+        )
+    for partition, offset in watermarks.items():
+        out.append(
+            {
+                # One key per partition: merged rows keep any() of src_partition.
+                "site": "",
+                "hour": 0,
+                "dim": "",
+                "value": str(partition),
+                **dict.fromkeys(METRICS, 0),
+                "src_partition": partition,
+                "src_offset": offset,
+            }
+        )
+    return out
+
+
+def _literal_list(values: Iterable[str]) -> str:
+    return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
+
+
+def stored_versions_sql(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The newest stored version of each session in `rows` (looked up by site, start day and
+    id: the sorting key of `sessions`)."""
+    ids: set[int] = set()
+    sites: set[str] = set()
+    days: set[int] = set()
+    for row in rows:
+        ids.add(int(row["session_id"]))
+        sites.add(str(row["site"]))
+        days.add(int(float(row["start"]) // 86400))
+    fields = ", ".join(
+        ["site", "toUnixTimestamp64Milli(start) / 1000", *_ROW_FIELDS[2:], *_DIM_COLUMNS]
+    )
+    return (
+        f"SELECT session_id, argMax(tuple({fields}), (version, src_offset)) FROM sessions "
+        f"WHERE site IN ({_literal_list(sorted(sites))}) "
+        f"AND toUInt32(toDate(start)) IN ({', '.join(str(d) for d in sorted(days))}) "
+        f"AND session_id IN ({', '.join(str(i) for i in sorted(ids))}) "
+        "GROUP BY session_id"
+    )
+
+
+def parse_stored(result: list[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
+    names = ("site", "start", *_ROW_FIELDS[2:], *_DIM_COLUMNS)
+    return {int(sid): dict(zip(names, values, strict=True)) for sid, values in result}
+
+
+class SessionRollupSink(Sink[Any]):
+    """Collects the newest version of each session of a batch; flush inserts the deltas."""
+
+    table = SESSION_ROLLUP
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._new: dict[int, dict[str, Any]] = {}
+        self._watermarks: dict[int, int] = {}
+        # Versions `sessions` will hold before this batch's new ones: rows of messages that
+        # session_hour already counted but `sessions` missed (a crash between the two inserts),
+        # inserted there in this same batch.
+        self._catch_up: dict[int, dict[str, Any]] = {}
+
+    def add(self, item: list[dict[str, Any]], src_partition: int, src_offset: int) -> None:
+        for row in item:
+            self._new[int(row["session_id"])] = row
+        self._watermarks[src_partition] = max(self._watermarks.get(src_partition, -1), src_offset)
+
+    def counted_elsewhere(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._catch_up[int(row["session_id"])] = row
+
+    def discard(self) -> None:
+        self._new, self._watermarks, self._catch_up = {}, {}, {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._new)
+
+    async def flush(self) -> int:
+        if not self._watermarks:
+            return 0
+        old: dict[int, dict[str, Any]] = {}
+        if self._new:
+            old = parse_stored(await self._store.query(stored_versions_sql(self._new.values())))
+            old.update((sid, row) for sid, row in self._catch_up.items() if sid in self._new)
+        rows = deltas(old, self._new, self._watermarks)
+        await self._store.insert_rows(SESSION_ROLLUP, rows)
+        self.discard()
+        return len(rows)

@@ -1,0 +1,91 @@
+"""session_hour deltas (pure): replacing stored versions by a batch's newest versions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from engine.query.cache import ResultCache
+from engine.store.session_rollup import deltas
+
+
+def row(sid: int, version: int, **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "session_id": sid,
+        "site": "a.test",
+        "start": 7200.5,
+        "version": version,
+        "is_deleted": 0,
+        "is_bounce": 1,
+        "duration": 0,
+        "pageviews": 1,
+        "events": 1,
+        "src_partition": 0,
+        "entry_page": "/",
+        "exit_page": "/",
+    }
+    for column in ("source", "referrer", "utm_source", "utm_medium", "utm_campaign"):
+        base[column] = ""
+    for column in ("utm_content", "utm_term", "device", "browser", "browser_version", "os"):
+        base[column] = ""
+    base.update(os_version="", country="DE")
+    base.update(over)
+    return base
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[int]]:
+    out: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0] * 5)
+    for r in rows:
+        if r["site"]:
+            cell = out[(r["dim"], r["value"], r["hour"])]
+            for i, m in enumerate(("visits", "bounces", "duration", "pageviews", "events")):
+                cell[i] += r[m]
+    return {k: v for k, v in out.items() if any(v)}
+
+
+def test_new_session_adds_one_visit_per_dimension() -> None:
+    got = totals(deltas({}, {1: row(1, 5)}, {0: 5}))
+    assert got[("", "", 7200)] == [1, 1, 0, 1, 1]
+    assert got[("visit:country", "DE", 7200)] == [1, 1, 0, 1, 1]
+    assert got[("visit:exit_page", "/", 7200)] == [1, 1, 0, 1, 1]
+
+
+def test_update_retracts_the_stored_version() -> None:
+    old = row(1, 5)
+    new = row(1, 9, is_bounce=0, duration=40, pageviews=3, events=3, exit_page="/b")
+    got = totals(deltas({1: old}, {1: new}, {0: 9}))
+    assert got[("", "", 7200)] == [0, -1, 40, 2, 2]
+    assert got[("visit:exit_page", "/", 7200)] == [-1, -1, 0, -1, -1]
+    assert got[("visit:exit_page", "/b", 7200)] == [1, 0, 40, 3, 3]
+
+
+def test_deleted_and_stale_versions() -> None:
+    assert totals(deltas({1: row(1, 5)}, {1: row(1, 6, is_deleted=1)}, {0: 6}))[("", "", 7200)] == [
+        -1,
+        -1,
+        0,
+        -1,
+        -1,
+    ]
+    # An older version after a newer one changes nothing (FINAL keeps the newer).
+    assert totals(deltas({1: row(1, 9)}, {1: row(1, 5, country="FR")}, {0: 9})) == {}
+
+
+def test_every_partition_gets_a_marker_row() -> None:
+    rows = deltas({}, {}, {0: 3, 2: 8})
+    assert {(r["site"], r["value"], r["src_partition"], r["src_offset"]) for r in rows} == {
+        ("", "0", 0, 3),
+        ("", "2", 2, 8),
+    }
+
+
+def test_result_cache_is_an_lru_keyed_by_version() -> None:
+    cache = ResultCache(2)
+    k1 = cache.key("a", ["SELECT 1"], (0, 1), b"{}")
+    cache.put(k1, b"one")
+    assert cache.get(k1) == b"one"
+    assert cache.get(cache.key("a", ["SELECT 1"], (0, 2), b"{}")) is None
+    cache.put(cache.key("a", ["SELECT 2"], (0, 1), b"{}"), b"two")
+    cache.put(cache.key("a", ["SELECT 3"], (0, 1), b"{}"), b"three")
+    assert cache.get(k1) is None and len(cache) == 2
+    assert ResultCache(0).get(k1) is None
