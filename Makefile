@@ -50,7 +50,7 @@ format: setup
 
 bench: setup
 	@command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
-	$(PY) -m loadtest.ingest_bench
+	$(PY) -m loadtest.bench
 
 clean:
 	rm -rf .rollup .pytest_cache .mypy_cache .ruff_cache web/dist web/node_modules tests/artifacts
