@@ -352,7 +352,10 @@ def test_realtime_endpoints(loaded: Loaded) -> None:
         headers=headers,
     )
     assert resp.status_code == 200
-    assert resp.json() == len({visitor_key(h) for h in live})
+    # Redis HyperLogLog: 16,384 registers, so two of 35 visitors share one about 4% of the time
+    # and the count is one short; the error stays within its 0.81% standard error beyond that.
+    expected_visitors = len({visitor_key(h) for h in live})
+    assert abs(resp.json() - expected_visitors) <= max(1, round(0.02 * expected_visitors))
     summary = httpx.get(
         f"{loaded.stack.url}/api/v1/stats/realtime/live", params={"site_id": site}, headers=headers
     ).json()
