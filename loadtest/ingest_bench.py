@@ -111,6 +111,9 @@ def baseline(seconds: int, concurrency: int) -> float:
     return rps
 
 
+FRESHNESS_LIMIT = 60.0  # seconds; a sample still invisible by then is reported as 60
+
+
 def freshness(
     stack: RunningStack, key: str, samples: int = 5, pause: float = 1.5
 ) -> tuple[list[float], list[float]]:
@@ -125,8 +128,11 @@ def freshness(
         assert resp.status_code == 202
         seen_query = seen_live = None
         while seen_query is None or seen_live is None:
-            if time.monotonic() - sent > 60:
-                raise RuntimeError("hit never appeared")
+            if time.monotonic() - sent > FRESHNESS_LIMIT:
+                # A backlog the pipeline cannot drain: record "later than the limit", go on.
+                seen_query = FRESHNESS_LIMIT if seen_query is None else seen_query
+                seen_live = FRESHNESS_LIMIT if seen_live is None else seen_live
+                break
             if seen_query is None:
                 result = httpx.post(
                     f"{stack.url}/api/v2/query",
@@ -151,6 +157,8 @@ def freshness(
             time.sleep(0.05)
         to_query.append(seen_query)
         to_live.append(seen_live)
+        if max(seen_query, seen_live) >= FRESHNESS_LIMIT:
+            break  # the backlog only grows while the load lasts: more samples say nothing new
         time.sleep(pause)
     return to_query, to_live
 

@@ -46,5 +46,5 @@ def build_naive_app(bootstrap: str, datadir: str, topic: str, expected: int) -> 
 if __name__ == "__main__":
     bootstrap, datadir, topic, expected = sys.argv[1:5]
     naive = build_naive_app(bootstrap, datadir, topic, int(expected))
-    sys.argv = [sys.argv[0], "worker", "-l", "warning"]
+    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     naive.main()

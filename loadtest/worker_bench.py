@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -325,10 +326,11 @@ def baseline_naive(hits_count: int) -> float:
             text=True,
             timeout=1800,
         )
-        done = [line for line in out.stdout.splitlines() if line.startswith("DONE")]
+        # Faust routes the agent's stdout into its log, which goes to stderr.
+        done = re.findall(r"DONE (\d+) ([\d.]+)", out.stdout + out.stderr)
         if not done:
             raise RuntimeError(f"naive agent failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
-        _, count, seconds = done[-1].split()
+        count, seconds = done[-1]
         return int(count) / float(seconds)
 
 
