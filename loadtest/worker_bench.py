@@ -244,9 +244,8 @@ def verify_store(settings: Settings, hits: list[Hit]) -> str:
     return f"verified: {got_pv} pageviews, {got_events} events"
 
 
-def engine_run(hits_count: int, sites: int, visitors_share: int = 4) -> dict[str, Any]:
-    names = site_names(sites)
-    hits = list(hits_stream(hits_count, names, time.time() - 600, 600))
+def drain_and_verify(hits: list[Hit]) -> dict[str, Any]:
+    """On a fresh cluster: `hits` into the topic, the engine drains them, the store is checked."""
     with cluster() as c:
         asyncio.run(ensure_topics(c.settings))
         asyncio.run(
@@ -254,8 +253,12 @@ def engine_run(hits_count: int, sites: int, visitors_share: int = 4) -> dict[str
         )
         result = drain_engine(c, len(hits))
         result["check"] = verify_store(c.settings, hits)
-    result["sites"] = sites
     return result
+
+
+def engine_run(hits_count: int, sites: int) -> dict[str, Any]:
+    hits = list(hits_stream(hits_count, site_names(sites), time.time() - 600, 600))
+    return {**drain_and_verify(hits), "sites": sites}
 
 
 async def bare_consumer(bootstrap: str, topic: str, expected: int) -> float:
@@ -401,13 +404,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         hit["hostname"] = hit["site"]
         hit["vid"] = (i % 100_000) + 1
         hits.append(hit)
-    with cluster() as c:
-        asyncio.run(ensure_topics(c.settings))
-        asyncio.run(
-            produce(c.bootstrap, c.settings.hits_topic, messages(iter(hits), HITS_PER_MESSAGE))
-        )
-        run = drain_engine(c, len(hits))
-        run["check"] = verify_store(c.settings, hits)
+    run = drain_and_verify(hits)
     print(f"  memory run: {run}", flush=True)
     rss = run["worker_peak_rss_mb"]
     return write_result(

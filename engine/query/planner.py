@@ -447,6 +447,14 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
     where = compile_filters(query.filters, column_of)
     if where is not None:
         conds.append(where)
+    labels = _labels(query, gran, table, tz, column_of)
+    return _Select(query, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER, having)
+
+
+def _labels(
+    query: Query, gran: Granularity | None, table: str, tz: str, column_of: ColumnOf
+) -> list[str]:
+    """One SQL label per dimension: the time bucket, or the column with empty as its label."""
     labels: list[str] = []
     for d in query.dimensions:
         if d in TIME_DIMENSIONS:
@@ -455,7 +463,7 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         else:
             col = column_of(d)
             labels.append(f"if({col} = '', {sql.string(empty_label(d))}, {col})")
-    return _Select(query, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER, having)
+    return labels
 
 
 def _session_select(query: Query, dr: DateRange, gran: Granularity | None) -> _Select:
@@ -485,13 +493,7 @@ def _session_rollup_select(query: Query, dr: DateRange, gran: Granularity | None
     where = compile_filters(query.filters, lambda _: "value")
     if where is not None:
         conds.append(where)
-    labels: list[str] = []
-    for d in query.dimensions:
-        if d in TIME_DIMENSIONS:
-            assert gran is not None
-            labels.append(_time_label(SESSION_ROLLUP, gran, sql.string(dr.tz.key)))
-        else:
-            labels.append(f"if(value = '', {sql.string(empty_label(d))}, value)")
+    labels = _labels(query, gran, SESSION_ROLLUP, sql.string(dr.tz.key), lambda _: "value")
     return _Select(
         query,
         SESSION_ROLLUP,
