@@ -125,6 +125,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bare embedded Kafka broker (Tansu), for tests of consumer and broker behaviour."""
+    from config import load_settings
+    from engine.stack import EmbeddedStack
+
+    port = free_port()
+    settings = load_settings(
+        data_dir=tmp_path_factory.mktemp("broker"), broker_port=port, redis_url="redis://unused"
+    )
+    embedded = EmbeddedStack(settings)
+    embedded.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
 def postgres_dsn() -> Iterator[str]:
     """A real PostgreSQL server of its own (Debian's binaries; `make postgres` installs them)."""
     from tests.postgres import postgres_cluster

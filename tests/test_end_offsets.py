@@ -3,36 +3,10 @@ base offset: Faust's table recovery must see the true end (topologies/end_offset
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from config import load_settings
-from engine.stack import EmbeddedStack
 from topologies.end_offsets import true_end_offsets
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    settings = load_settings(
-        data_dir=tmp_path_factory.mktemp("broker"), broker_port=port, redis_url="redis://unused"
-    )
-    stack = EmbeddedStack(settings)
-    stack.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stack.stop()
 
 
 async def test_true_end_offsets_after_batches_of_many_records(broker: str) -> None:
