@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from engine.errors import InputError
+from engine.hits import VITALS
 
 MAX_NAME_CHARS: Final = 120
 MAX_URL_BYTES: Final = 2000
@@ -24,7 +25,6 @@ MAX_REFERRER_CHARS: Final = 2000
 MAX_PROPS: Final = 30
 MAX_PROP_KEY_BYTES: Final = 300
 MAX_PROP_VALUE_BYTES: Final = 2000
-VITALS: Final[frozenset[str]] = frozenset({"ttfb", "fcp", "lcp", "inp", "cls"})
 # Above these a vital is absurd (an hour of milliseconds; CLS is a unitless score): dropped.
 MAX_VITAL_MS: Final = 3_600_000.0
 MAX_CLS: Final = 100.0

@@ -40,6 +40,10 @@ class Hit(TypedDict):
     vitals: dict[str, float] | None
 
 
+# Web vitals a hit may carry, in the order of the store's columns.
+VITALS: tuple[str, ...] = ("ttfb", "fcp", "lcp", "inp", "cls")
+
+
 def encode_hits(hits: list[Hit]) -> bytes:
     return cast(bytes, msgpack.packb({"v": CODEC_VERSION, "hits": hits}, use_bin_type=True))
 

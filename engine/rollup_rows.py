@@ -19,12 +19,11 @@ from zoneinfo import ZoneInfo
 import msgpack
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
-from engine.hits import Hit
+from engine.hits import VITALS, Hit
 
 # 3: the vitals columns. Version 2 messages (no vitals) are still read.
 ROLLUP_CODEC_VERSION = 3
 _READABLE_VERSIONS = (2, ROLLUP_CODEC_VERSION)
-VITAL_COLUMNS = ("ttfb", "fcp", "lcp", "inp", "cls")
 ROLLUP_COLUMNS = (
     "site",
     "minute",
@@ -34,7 +33,7 @@ ROLLUP_COLUMNS = (
     "pageviews",
     "events",
     "hashes",
-    *VITAL_COLUMNS,
+    *VITALS,
 )
 _DIMENSION_FIELDS = tuple(FIELD_OF.items())
 
@@ -81,7 +80,7 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
     for hit in hits:
         name = hit["name"]
         vitals = hit.get("vitals") or {}
-        samples = [(v, float(vitals[v])) for v in VITAL_COLUMNS if vitals.get(v) is not None]
+        samples = [(v, float(vitals[v])) for v in VITALS if vitals.get(v) is not None]
         counted = name not in SESSION_ONLY_EVENTS
         if not counted and not samples:
             continue
@@ -117,7 +116,7 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
         columns["pageviews"].append(cell.pageviews)
         columns["events"].append(cell.events)
         columns["hashes"].append(sorted(cell.hashes))
-        for vital in VITAL_COLUMNS:
+        for vital in VITALS:
             columns[vital].append(cell.vitals.get(vital, []))
     return RollupBatch(columns)
 
@@ -152,7 +151,7 @@ def decode_output(payload: bytes) -> WorkerOutput:
         raise ValueError(f"not a worker output message of codec version {_READABLE_VERSIONS}")
     src_partition, src_offset = body["src"]
     rows: dict[str, list[Any]] = body["rows"]
-    for vital in VITAL_COLUMNS:
+    for vital in VITALS:
         # A version 2 message (written before an upgrade) has no vitals: empty per row.
         if vital not in rows:
             rows[vital] = [[] for _ in rows["site"]]

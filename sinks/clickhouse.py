@@ -11,30 +11,13 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.hits import Hit
+from engine.hits import VITALS, Hit
 from engine.rollup_rows import ROLLUP_COLUMNS, RollupBatch
+from engine.sessions import VISIT_ATTRIBUTES
 from engine.store.client import Store
 from sinks.base import Sink
 
-EVENT_TEXT_COLUMNS = (
-    "name",
-    "hostname",
-    "page",
-    "referrer",
-    "source",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
-    "device",
-    "browser",
-    "browser_version",
-    "os",
-    "os_version",
-    "country",
-)
-VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
+EVENT_TEXT_COLUMNS = ("name", "hostname", "page", *VISIT_ATTRIBUTES)
 
 
 class _RowSink(Sink[Any]):

@@ -20,9 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, empty_label
+from engine.hits import VITALS
 from engine.query import QueryPlan, plan_query
+from engine.rollup_rows import ROLLUP_COLUMNS
 from engine.store import session_rollup
 from engine.store.schema import ROLLUP_LEVELS, SESSION_ROLLUP, ddl, derive_sql
+from sinks.clickhouse import EVENT_TEXT_COLUMNS
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 BIG_SITE = "big.test"  # many distinct visitors: uniqCombined64 is approximate there
@@ -35,40 +38,21 @@ SITES: dict[str, str] = {
 }
 TIMEZONE_OF: dict[str, str] = {**SITES, BIG_SITE: "Europe/Berlin"}
 
+# Text columns of an event row, then the rest, in insert order.
+HIT_TEXT_COLUMNS = [c for c in EVENT_TEXT_COLUMNS if c != "name"]
 EVENT_COLUMNS = [
     "site",
     "ts",
     "name",
     "vid",
-    "hostname",
-    "page",
-    "referrer",
-    "source",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
-    "device",
-    "browser",
-    "browser_version",
-    "os",
-    "os_version",
-    "country",
+    *HIT_TEXT_COLUMNS,
     "props",
     "interactive",
     "src_partition",
     "src_offset",
 ]
 ROLLUP_LOG_COLUMNS = [
-    "site",
-    "minute",
-    "tz_offset",
-    "dim",
-    "value",
-    "pageviews",
-    "events",
-    "hashes",
+    *(c for c in ROLLUP_COLUMNS if c not in VITALS),
     "src_partition",
     "src_offset",
 ]
@@ -173,7 +157,7 @@ def event_rows(hits: Iterable[Hit]) -> list[list[Any]]:
                 h.ts,
                 h.name,
                 h.vid,
-                *(f[c] for c in EVENT_COLUMNS[4:19]),
+                *(f[c] for c in HIT_TEXT_COLUMNS),
                 h.props,
                 1,
                 0,
@@ -563,7 +547,7 @@ def session_row(s: Session, version: int, *, is_deleted: bool = False) -> dict[s
         "is_bounce": int(s.is_bounce),
         "entry_page": s.value("visit:entry_page"),
         "exit_page": s.value("visit:exit_page"),
-        **{c: first.fields[c] for c in EVENT_COLUMNS[4:19] if c != "page"},
+        **{c: first.fields[c] for c in HIT_TEXT_COLUMNS if c != "page"},
         "pages": sorted({h.fields["page"] for h in s.counted}),
         # as a worker might: engagement names too (the query must leave them out)
         "names": sorted({h.name for h in s.hits}),

@@ -7,10 +7,9 @@ from typing import Any
 import msgpack
 
 from engine.dimensions import FIELD_OF, TOTAL
-from engine.hits import Hit
+from engine.hits import VITALS, Hit
 from engine.rollup_rows import (
     ROLLUP_COLUMNS,
-    VITAL_COLUMNS,
     WorkerOutput,
     build_rollup_rows,
     decode_output,
@@ -89,11 +88,11 @@ def test_codec_round_trip_and_version_2_messages() -> None:
     assert (back.src_partition, back.src_offset) == (3, 42)
     assert back.rollups.columns == out.rollups.columns
     # A message written by the previous version has no vitals columns: read as empty lists.
-    old_rows = {k: v for k, v in out.rollups.columns.items() if k not in VITAL_COLUMNS}
+    old_rows = {k: v for k, v in out.rollups.columns.items() if k not in VITALS}
     old = msgpack.packb(
         {"v": 2, "src": [3, 42], "rows": old_rows, "sessions": [], "hits": hits},
         use_bin_type=True,
     )
     decoded = decode_output(old).rollups.columns
     n = len(decoded["site"])
-    assert all(decoded[v] == [[]] * n for v in VITAL_COLUMNS)
+    assert all(decoded[v] == [[]] * n for v in VITALS)

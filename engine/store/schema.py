@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from engine.dimensions import TOTAL, VISIT_DIMENSIONS
+from engine.hits import VITALS
 
 ROLLUP_LEVELS: dict[str, str] = {
     # level -> (table, time column)
@@ -28,7 +29,6 @@ MAX_RETENTION_DAYS = 36_500
 # Web vitals: the log holds each row's samples, the levels a DDSketch quantile state per vital
 # (relative accuracy 0.5%, mergeable across any range). The parameters are part of the state's
 # type (spelled out in the DDL below): the Stats API reads it with the same ones.
-VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
 VITALS_SKETCH_PARAMS = "(0.005, 0.75)"  # relative accuracy, quantile
 _VITAL_LOG_TYPE = "Array(Float32) DEFAULT []"
 _VITAL_STATE_TYPE = f"AggregateFunction(quantileDD{VITALS_SKETCH_PARAMS}, Float64)"
