@@ -28,8 +28,10 @@ def free_port() -> int:
 @dataclass
 class RunningStack:
     url: str
+    admin_token: str
     env: dict[str, str]
     data_dir: Path
+    proc: subprocess.Popen[bytes]
 
     def rollup(self, *args: str) -> str:
         out = subprocess.run(
@@ -38,54 +40,89 @@ class RunningStack:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            check=True,
+            timeout=120,
         )
+        if out.returncode != 0:
+            raise AssertionError(f"rollup {' '.join(args)} failed: {out.stderr[-2000:]}")
         return out.stdout
 
     def add_site(self, domain: str, timezone: str = "UTC") -> str:
         return self.rollup("sites", "add", domain, "--timezone", timezone).strip().splitlines()[-1]
 
+    def logs(self) -> str:
+        parts = []
+        for log in sorted((self.data_dir / "logs").glob("*.log")):
+            parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
+
+
+def _wait_ready(stack: RunningStack, timeout: float, worker: bool) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if stack.proc.poll() is not None:
+            raise RuntimeError(f"rollup run exited early:\n{stack.logs()}")
+        try:
+            resp = httpx.get(f"{stack.url}/api/health", timeout=2)
+            last = resp.text
+            worker_log = stack.data_dir / "logs" / "worker.log"
+            worker_ready = worker_log.exists() and "Worker ready" in worker_log.read_text(
+                errors="replace"
+            )
+            if resp.status_code == 200 and (worker_ready or not worker):
+                return
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"stack not ready after {timeout}s ({last}):\n{stack.logs()}")
+
+
+@contextmanager
+def running_stack(
+    data_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    wait_for_worker: bool = True,
+    admin_token: str = "test-admin-token",
+) -> Iterator[RunningStack]:
+    """`rollup run` on free ports in `data_dir`, on its embedded components only (servers named
+    in the environment are ignored), stopped with SIGINT on exit."""
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "ROLLUP_DATA_DIR": str(data_dir),
+        "ROLLUP_HTTP_PORT": str(http_port),
+        "ROLLUP_BROKER_PORT": str(free_port()),
+        "ROLLUP_WORKER_WEB_PORT": str(free_port()),
+        "ROLLUP_ADMIN_TOKEN": admin_token,
+        "ROLLUP_SITES_REFRESH_SECONDS": "0.5",
+    }
+    for name in ("KAFKA_BROKERS", "REDIS_URL", "CLICKHOUSE_URL", "DATABASE_URL"):
+        env.pop(name, None)
+    env.update(extra_env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    stack = RunningStack(f"http://127.0.0.1:{http_port}", admin_token, env, data_dir, proc)
+    try:
+        _wait_ready(stack, timeout=120, worker=wait_for_worker)
+        yield stack
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
 
 @contextmanager
 def embedded_stack(extra_env: dict[str, str] | None = None) -> Iterator[RunningStack]:
+    """A benchmark's stack in a scratch directory, without ingest rate limits."""
     with tempfile.TemporaryDirectory(prefix="rollup-bench-") as tmp:
-        port = free_port()
-        env = {
-            **os.environ,
-            "ROLLUP_DATA_DIR": tmp,
-            "ROLLUP_HTTP_PORT": str(port),
-            "ROLLUP_BROKER_PORT": str(free_port()),
-            "ROLLUP_WORKER_WEB_PORT": str(free_port()),
-            "ROLLUP_ADMIN_TOKEN": "bench",
-            "ROLLUP_SITES_REFRESH_SECONDS": "0.5",
-            "ROLLUP_INGEST_RATE_LIMIT": "0",
-            **(extra_env or {}),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        stack = RunningStack(f"http://127.0.0.1:{port}", env, Path(tmp))
-        try:
-            deadline = time.monotonic() + 120
-            worker_log = Path(tmp) / "logs" / "worker.log"
-            while time.monotonic() < deadline:
-                try:
-                    ok = httpx.get(f"{stack.url}/api/health", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok and worker_log.exists() and "Worker ready" in worker_log.read_text():
-                    break
-                time.sleep(0.5)
-            else:
-                raise RuntimeError("stack did not become ready")
+        env = {"ROLLUP_INGEST_RATE_LIMIT": "0", **(extra_env or {})}
+        with running_stack(Path(tmp), env, admin_token="bench") as stack:
             yield stack
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -3,119 +3,33 @@ through the real `rollup run` command."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest.harness import ROOT, RunningStack, free_port
+from loadtest.harness import running_stack as harness_stack
+
+__all__ = ["ROOT", "Stack", "free_port"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Stack:
-    url: str
-    admin_token: str
-    env: dict[str, str]
-    data_dir: Path
-    proc: subprocess.Popen[bytes]
-
-    def rollup(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "engine.cli", *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if out.returncode != 0:
-            raise AssertionError(f"rollup {' '.join(args)} failed: {out.stderr[-2000:]}")
-        return out.stdout
-
-    def add_site(self, domain: str, timezone: str = "UTC") -> str:
-        return self.rollup("sites", "add", domain, "--timezone", timezone).strip().splitlines()[-1]
-
-    def logs(self) -> str:
-        parts = []
-        for log in sorted((self.data_dir / "logs").glob("*.log")):
-            parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
-        return "\n".join(parts)
-
-
-def _wait_ready(stack: Stack, timeout: float, worker: bool = True) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if stack.proc.poll() is not None:
-            raise RuntimeError(f"rollup run exited early:\n{stack.logs()}")
-        try:
-            resp = httpx.get(f"{stack.url}/api/health", timeout=2)
-            last = resp.text
-            worker_log = stack.data_dir / "logs" / "worker.log"
-            worker_ready = worker_log.exists() and "Worker ready" in worker_log.read_text(
-                errors="replace"
-            )
-            if resp.status_code == 200 and (worker_ready or not worker):
-                return
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    raise RuntimeError(f"stack not ready after {timeout}s ({last}):\n{stack.logs()}")
+Stack = RunningStack
 
 
 @contextmanager
 def running_stack(
     data_dir: Path, extra_env: dict[str, str] | None = None, wait_for_worker: bool = True
 ) -> Iterator[Stack]:
-    """`rollup run` on free ports in `data_dir`, stopped (SIGINT) on exit."""
-    http_port = free_port()
     env = {
-        **os.environ,
-        "ROLLUP_DATA_DIR": str(data_dir),
-        "ROLLUP_HTTP_PORT": str(http_port),
-        "ROLLUP_BROKER_PORT": str(free_port()),
-        "ROLLUP_WORKER_WEB_PORT": str(free_port()),
-        "ROLLUP_ADMIN_TOKEN": "test-admin-token",
-        "ROLLUP_SITES_REFRESH_SECONDS": "0.5",
         # Short enough for a test to see idle session state expire.
         "ROLLUP_SESSION_STATE_IDLE_SECONDS": "20",
         "ROLLUP_SESSION_EXPIRY_INTERVAL": "2",
+        **(extra_env or {}),
     }
-    for name in ("KAFKA_BROKERS", "REDIS_URL", "CLICKHOUSE_URL", "DATABASE_URL"):
-        env.pop(name, None)
-    env.update(extra_env or {})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    stack = Stack(f"http://127.0.0.1:{http_port}", "test-admin-token", env, data_dir, proc)
-    try:
-        _wait_ready(stack, timeout=120, worker=wait_for_worker)
+    with harness_stack(data_dir, env, wait_for_worker=wait_for_worker) as stack:
         yield stack
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="session")
