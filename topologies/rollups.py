@@ -172,6 +172,13 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         if not continuity.tracks(message.partition):
             committed = getattr(app.consumer, "_committed_offset", {}).get(message.tp)
             continuity.expect(message.partition, committed)
+            log.info(
+                "hits partition %d: first offset %d (committed %s, generation %s)",
+                message.partition,
+                message.offset,
+                committed,
+                message.generation_id,
+            )
         gap = continuity.check(message.partition, message.offset)
         if gap is None:
             return
