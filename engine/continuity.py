@@ -2,11 +2,20 @@
 
 The hits topic is neither compacted nor transactional, so its offsets have no holes: a message
 past the next expected offset means the consumer skipped messages that nobody else will read.
+The consumer then seeks back to the expected offset and the messages past it are set aside
+until it arrives; the commit never passes the expected offset (`frontier`), so a crash in
+between loses nothing either.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Verdict(Enum):
+    PROCESS = "process"
+    SKIP = "skip"  # past a gap: wait for the expected offset to be read again
 
 
 @dataclass(frozen=True)
@@ -26,34 +35,48 @@ class Gap:
 
 
 @dataclass
+class _Partition:
+    next: int | None
+    at_start: bool = True
+    resyncing: bool = False
+
+
+@dataclass
 class OffsetContinuity:
     """Next expected offset per partition, forgotten when the partition is revoked."""
 
-    _next: dict[int, int] = field(default_factory=dict)
-    _started: set[int] = field(default_factory=set)
+    _parts: dict[int, _Partition] = field(default_factory=dict)
 
     def tracks(self, partition: int) -> bool:
-        return partition in self._next or partition in self._started
+        return partition in self._parts
 
     def expect(self, partition: int, offset: int | None) -> None:
         """Start a newly assigned partition at its committed offset (None: unknown)."""
-        self._started.add(partition)
-        if offset is None:
-            self._next.pop(partition, None)
-        else:
-            self._next[partition] = offset
+        self._parts[partition] = _Partition(offset)
 
     def forget(self, partitions: set[int]) -> None:
         for partition in partitions:
-            self._next.pop(partition, None)
-            self._started.discard(partition)
+            self._parts.pop(partition, None)
 
-    def check(self, partition: int, offset: int) -> Gap | None:
-        """Record `offset` as read; a Gap if messages before it were skipped."""
-        expected = self._next.get(partition)
-        at_start = partition in self._started
-        self._started.discard(partition)
-        self._next[partition] = offset + 1
-        if expected is not None and offset > expected:
-            return Gap(partition, expected, offset, at_start)
-        return None
+    def admit(self, partition: int, offset: int) -> tuple[Verdict, Gap | None]:
+        """Whether to process the message at `offset`, and the gap it reveals, if a new one."""
+        part = self._parts.setdefault(partition, _Partition(None))
+        at_start, part.at_start = part.at_start, False
+        if part.next is None or offset <= part.next:
+            # The next message, a repeat or a rewind (a seek back): all safe to process.
+            part.next = offset + 1
+            part.resyncing = False
+            return Verdict.PROCESS, None
+        if part.resyncing:
+            return Verdict.SKIP, None
+        part.resyncing = True
+        return Verdict.SKIP, Gap(partition, part.next, offset, at_start)
+
+    def accept(self, partition: int, offset: int) -> None:
+        """Take `offset` as the next message after all (the messages before it are gone)."""
+        self._parts[partition] = _Partition(offset + 1, at_start=False)
+
+    def frontier(self, partition: int) -> int | None:
+        """The highest offset a commit may name: nothing at or past it was read in order."""
+        part = self._parts.get(partition)
+        return None if part is None else part.next

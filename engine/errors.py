@@ -43,3 +43,8 @@ class QueryError(RollupError):
 
 class AuthError(RollupError):
     """Missing or wrong key, or a site the key may not read."""
+
+
+class OffsetGapError(RollupError):
+    """A consumer skipped messages of a partition and could not read them again in time; the
+    process exits without committing, so the next owner reads them from the last commit."""

@@ -1,6 +1,7 @@
 """Faust consumer fixes (topologies/consumer_order.py): on the real embedded broker, a fetch for
-no active partition drains nothing, where aiokafka's own call would drain every partition; and
-recovery seeks the stream partitions before it resumes them."""
+no active partition drains nothing, where aiokafka's own call would drain every partition;
+recovery seeks the stream partitions before it resumes them; a skipped offset is sought back
+and read again, and no commit passes it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from topologies.consumer_order import fetch_active, seek_before_resume
+from engine.errors import OffsetGapError
+from topologies import consumer_order
+from topologies.consumer_order import (
+    InOrder,
+    cap_commits,
+    capped_offsets,
+    fetch_active,
+    seek_before_resume,
+)
 
 RECORDS = 12
 
@@ -132,3 +142,116 @@ async def test_recovery_seeks_before_it_resumes_the_streams() -> None:
     empty = _Recovery(generation=7, assignment=set())
     await resume_streams(empty, generation_id=7)
     assert empty.calls == ["resume", "seek"]
+
+
+# -- InOrder and the commit cap, with a stand-in for Faust's app (the logic, not Faust) --------
+
+
+class _Signal:
+    def __init__(self) -> None:
+        self.receivers: list[Any] = []
+
+    def connect(self, fn: Any) -> Any:
+        self.receivers.append(fn)
+        return fn
+
+    def send(self, *args: Any) -> None:
+        for fn in self.receivers:
+            fn(None, *args, signal=self)
+
+
+class _Consumer:
+    def __init__(self, committed: dict[Any, int], earliest: int = 0) -> None:
+        self._committed_offset = committed
+        self.earliest = earliest
+        self.seeks: list[tuple[Any, int]] = []
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.earliest for tp in tps}
+
+
+def _app(committed: dict[Any, int], earliest: int = 0) -> Any:
+    return SimpleNamespace(consumer=_Consumer(committed, earliest), on_partitions_revoked=_Signal())
+
+
+HITS0 = TopicPartition("hits", 0)
+
+
+def _message(offset: int, tp: TopicPartition = HITS0) -> Any:
+    return SimpleNamespace(tp=tp, partition=tp.partition, offset=offset)
+
+
+def _cap(app: Any) -> Any:
+    return app._rollup_commit_cap
+
+
+async def test_a_gap_is_sought_back_and_read_again() -> None:
+    app = _app({HITS0: 10})
+    in_order = InOrder(app, "hits")
+    assert [await in_order.admit(_message(o)) for o in (10, 11)] == [True, True]
+    assert await in_order.admit(_message(15)) is False
+    assert app.consumer.seeks == [(HITS0, 12)]
+    assert await in_order.admit(_message(16)) is False
+    assert app.consumer.seeks == [(HITS0, 12)]  # one seek, not one per message
+    assert _cap(app)(HITS0) == 12  # commits stop before the gap
+    assert _cap(app)(TopicPartition("other", 0)) is None
+    assert [await in_order.admit(_message(o)) for o in (12, 13, 14, 15, 16)] == [True] * 5
+    assert _cap(app)(HITS0) == 17
+
+
+async def test_a_seek_overtaken_by_fetched_records_is_repeated(monkeypatch: Any) -> None:
+    app = _app({HITS0: 0})
+    in_order = InOrder(app, "hits")
+    clock = [1000.0]
+    monkeypatch.setattr(consumer_order.time, "monotonic", lambda: clock[0])
+    assert await in_order.admit(_message(0)) is True
+    assert await in_order.admit(_message(5)) is False
+    clock[0] += consumer_order.RESEEK_SECONDS + 0.1
+    assert await in_order.admit(_message(6)) is False
+    assert app.consumer.seeks == [(HITS0, 1), (HITS0, 1)]
+    clock[0] += consumer_order.RESYNC_SECONDS
+    with pytest.raises(OffsetGapError, match="hits partition 0: offset 1 not read again"):
+        await in_order.admit(_message(7))
+
+
+async def test_a_gap_at_the_commit_is_read_again_unless_retention_deleted_it() -> None:
+    app = _app({HITS0: 5}, earliest=0)
+    in_order = InOrder(app, "hits")
+    assert await in_order.admit(_message(9)) is False
+    assert app.consumer.seeks == [(HITS0, 5)]
+
+    deleted = _app({HITS0: 5}, earliest=8)
+    in_order = InOrder(deleted, "hits")
+    assert await in_order.admit(_message(8)) is True  # 5..7 no longer exist: go on
+    assert deleted.consumer.seeks == []
+    assert _cap(deleted)(HITS0) == 9
+
+
+async def test_revoked_partitions_start_afresh() -> None:
+    app = _app({HITS0: 0})
+    in_order = InOrder(app, "hits")
+    assert await in_order.admit(_message(0)) is True
+    app.on_partitions_revoked.send({HITS0})
+    app.consumer._committed_offset[HITS0] = 40  # another worker went on meanwhile
+    assert await in_order.admit(_message(40)) is True
+    assert app.consumer.seeks == []
+
+
+def test_commits_are_capped_at_the_frontier() -> None:
+    def faust_offsets(self: Any, tps: Any) -> dict[Any, int]:
+        return {tp: 100 for tp in tps}
+
+    committed = {HITS0: 20, TopicPartition("hits", 1): 50}
+    consumer = SimpleNamespace(
+        app=SimpleNamespace(),
+        _should_commit=lambda tp, offset: offset > committed[tp],
+    )
+    filtered = capped_offsets(faust_offsets)
+    tps = list(committed)
+    assert filtered(consumer, tps) == {tp: 100 for tp in tps}  # no cap installed
+    cap_commits(consumer.app, lambda tp: {0: 30, 1: 40}[tp.partition])
+    # Partition 1's cap is below its commit: nothing to commit there.
+    assert filtered(consumer, tps) == {HITS0: 30}

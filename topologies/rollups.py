@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable
@@ -22,7 +21,6 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
 from config import Settings
-from engine.continuity import OffsetContinuity
 from engine.hits import Hit, decode_hits
 from engine.live_keys import LIVE_HORIZON
 from engine.live_state import MinuteState
@@ -38,11 +36,6 @@ HITS_PROCESSED = Counter("rollup_worker_hits_total", "Hits folded into rollups b
 MESSAGES_PROCESSED = Counter("rollup_worker_messages_total", "Hits messages processed")
 BAD_MESSAGES = Counter(
     "rollup_worker_bad_messages_total", "Hits messages that could not be decoded"
-)
-OFFSET_GAPS = Counter(
-    "rollup_worker_offset_gaps_total",
-    "Hits messages found skipped by the consumer, by where the gap was seen",
-    ["where"],
 )
 LIVE_FAILURES = Counter("rollup_worker_live_failures_total", "Failed Redis live-counter writes")
 BATCH_SECONDS = Histogram("rollup_worker_batch_seconds", "Time to process one batch of messages")
@@ -93,11 +86,7 @@ def live_hits(hits: list[Hit], arrived: float) -> dict[str, list[Hit]]:
 
 
 def _die(reason: str) -> NoReturn:
-    log.critical(
-        "%s: exiting without committing its offsets",
-        reason,
-        exc_info=sys.exc_info()[0] is not None,
-    )
+    log.critical("%s: exiting without committing its offsets", reason, exc_info=True)
     logging.shutdown()
     os._exit(70)
 
@@ -159,34 +148,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
     async def expire_sessions() -> None:
         sessions.expire()
 
-    continuity = OffsetContinuity()
-
-    @app.on_partitions_revoked.connect
-    def forget_revoked(_app: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        revoked: set[Any] = args[0]
-        continuity.forget({tp.partition for tp in revoked if tp.topic == settings.hits_topic})
-
-    def check_continuity(message: Any) -> None:
-        """Exit before anything is committed if the consumer skipped hits within a stream: the
-        next owner resumes from the last commit, before the gap."""
-        if not continuity.tracks(message.partition):
-            committed = getattr(app.consumer, "_committed_offset", {}).get(message.tp)
-            continuity.expect(message.partition, committed)
-            log.info(
-                "hits partition %d: first offset %d (committed %s, generation %s)",
-                message.partition,
-                message.offset,
-                committed,
-                message.generation_id,
-            )
-        gap = continuity.check(message.partition, message.offset)
-        if gap is None:
-            return
-        OFFSET_GAPS.labels("start" if gap.at_start else "stream").inc()
-        if gap.at_start:
-            log.error("hits skipped at the committed offset (retention?): %s", gap)
-            return
-        _die(f"hits skipped by the consumer: {gap}")
+    in_order = consumer_order.InOrder(app, settings.hits_topic)
 
     # Per batch: (site, arrival minute) -> the minute's state and the last event touching it.
     live_batch: dict[tuple[str, int], tuple[MinuteState, faust.EventT[Any]]] = {}
@@ -234,7 +196,8 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         sends = []
         newest_ts = 0.0
         for event in events:
-            check_continuity(event.message)
+            if not await in_order.admit(event.message):
+                continue
             processed = await process_message(event)
             if processed is not None:
                 sends.append(processed[0])
