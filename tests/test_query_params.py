@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.binding import bind_query
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -203,6 +204,23 @@ def test_generated_hostile_queries_write_only_constants(
         for statement in plan.statements:
             check_statement(statement)
         assert {site, *request_texts(flt)} <= bound_values(plan)
+
+
+def test_the_client_sends_the_text_as_written_and_the_values_apart() -> None:
+    """clickhouse-connect binds server-side (for chDB and HTTP alike) only when it finds the
+    placeholders; otherwise it would format the values into the text itself."""
+    body = {
+        "site_id": EVIL[0],
+        "metrics": ["visitors", "visits"],
+        "date_range": "7d",
+        "dimensions": ["time:day", f"event:props:{EVIL[1]}"],
+        "filters": [["contains", "event:page", EVIL, {"case_sensitive": False}]],
+    }
+    for plan in every_plan(body):
+        for statement in plan.statements:
+            text, bound = bind_query(statement.sql, statement.params)
+            assert text == statement.sql
+            assert set(bound) == {f"param_{name}" for name in statement.params}
 
 
 def test_the_session_lookup_of_the_store_writer_binds_the_sites() -> None:
