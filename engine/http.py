@@ -205,7 +205,7 @@ def build_app(
                     QUERY_SECONDS.labels("cache").observe(time.perf_counter() - started)
                     return Response(cached, media_type=JSON)
         try:
-            rows = [await runtime.store.query(sql) for sql in plan.statements]
+            rows = [await runtime.store.query(s.sql, s.params) for s in plan.statements]
         except Exception as exc:  # the store, not the query, is at fault: say so, don't 500
             log.warning("query on %s failed: %s", plan.table, exc)
             QUERIES.labels("503", plan.table).inc()

@@ -15,7 +15,7 @@ from config import Settings
 from engine.errors import ComponentError
 from engine.ingest import Ingestor, SiteDirectory
 from engine.kafka import HitProducer, ensure_topics
-from engine.query import sql
+from engine.query.sql import Params
 from engine.ratelimit import SharedRateLimiter
 from engine.redis_conn import connect_redis
 from engine.sites import Site, SiteRepository
@@ -131,10 +131,12 @@ class Runtime:
         site = self.site_records.get(domain)
         first = site.created_at.date() if site else None
         if self.store is not None:
-            rows = await self.store.query(
-                f"SELECT min(day), count() FROM rollup_day WHERE site = {sql.string(domain)} "
+            params = Params()
+            first_rows = params.statement(
+                f"SELECT min(day), count() FROM rollup_day WHERE site = {params.string(domain)} "
                 "AND dim = ''"
             )
+            rows = await self.store.query(first_rows.sql, first_rows.params)
             if rows and rows[0][1]:
                 first = min(first, rows[0][0]) if first else rows[0][0]
         return first

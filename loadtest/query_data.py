@@ -318,7 +318,7 @@ def generate(ds: DataSet, execute: Exec, query_np: Callable[[str], Any], scratch
     text = ", ".join(f"{c}" for c in ("referrer", "utm_source", "utm_medium", "utm_campaign"))
     for day in days:
         # UTC days: messages (minutes) never straddle two chunks.
-        where = f"toDate(ts) = {sql.date_literal(day)}"
+        where = f"toDate(ts) = toDate({sql.string(day.isoformat())})"
         execute(f"""
             INSERT INTO events (site, ts, name, vid, hostname, page, {text}, utm_content,
                 utm_term, source, device, browser, browser_version, os, os_version, country,

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, empty_label
 from engine.hits import VITALS
-from engine.query import QueryPlan, plan_query
+from engine.query import QueryPlan, plan_query, sql
+from engine.query.sql import Statement
 from engine.rollup_rows import ROLLUP_COLUMNS
 from engine.store import session_rollup
 from engine.store.schema import ROLLUP_LEVELS, SESSION_ROLLUP, ddl, derive_sql
@@ -227,7 +229,8 @@ def open_store(path: Path, hits: list[Hit], sessions: list[Session] | None = Non
                 sid = int(row["session_id"])
                 if sid not in new or row["version"] >= new[sid]["version"]:
                     new[sid] = {**row, "start": row["start"].timestamp()}
-            stored = client.query(session_rollup.stored_versions_sql(new.values())).result_rows
+            lookup = session_rollup.stored_versions_statement(new.values())
+            stored = client.query(lookup.sql, parameters=lookup.params).result_rows
             old = session_rollup.parse_stored([tuple(r) for r in stored])
             deltas = session_rollup.deltas(old, new, {0: offset})
             lines = (json.dumps(row, default=_json_default) for row in deltas)
@@ -243,8 +246,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value))
 
 
+PLACEHOLDER = re.compile(r"\{(p\d+):([^}]+)\}")
+
+
+def inlined(statement: Statement) -> str:
+    """The statement's text with each placeholder written as a literal of its value, for
+    asserting on the shape of the SQL (fails on a placeholder without a value)."""
+
+    def literal(match: re.Match[str]) -> str:
+        value = statement.params[match.group(1)]
+        return sql.string(value) if isinstance(value, str) else f"[{sql.string_list(value)}]"
+
+    return PLACEHOLDER.sub(literal, statement.sql)
+
+
 def run(client: Any, plan: QueryPlan) -> dict[str, Any]:
-    return plan.render([client.query(s).result_rows for s in plan.statements])
+    return plan.render(
+        [client.query(s.sql, parameters=s.params).result_rows for s in plan.statements]
+    )
 
 
 def assert_results_match(
@@ -280,7 +299,7 @@ def plans_for_every_table(body: dict[str, Any], hits: list[Hit]) -> Iterator[Que
         plan = plan_query(body, table=table, **kwargs)
         yield plan
         # Session metrics read session_hour when it can answer: compare with sessions FINAL too.
-        if table.endswith("sessions") and any(SESSION_ROLLUP in s for s in plan.statements):
+        if table.endswith("sessions") and any(SESSION_ROLLUP in s.sql for s in plan.statements):
             yield plan_query(body, table=table, session_table="sessions", **kwargs)
 
 

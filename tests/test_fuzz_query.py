@@ -1,7 +1,7 @@
 """Fuzzing the Stats API query path: the parser takes any JSON and answers a plan or a
-QueryError, nothing else; text from a request reaches SQL only as literals that ClickHouse reads
-back as exactly that text (checked on a real chDB store against the Python oracle, with hostile
-strings as data, as filter values and as property names)."""
+QueryError, nothing else; text from a request reaches SQL only as bound parameters that
+ClickHouse reads back as exactly that text (checked on a real chDB store against the Python
+oracle, with hostile strings as data, as filter values and as property names)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import QueryError
-from engine.query import plan_query, sql
+from engine.query import plan_query
+from engine.query.sql import Params
 from tests.query_helpers import CHOICES, NOW, Hit, open_store, oracle, plans_for_every_table, run
 
 SITE = "utc.test"
@@ -131,11 +132,12 @@ def test_hostile_filters_match_the_oracle_on_every_table(
 
 @settings(max_examples=60, deadline=None)
 @given(values=st.lists(st.text(), min_size=1, max_size=50))
-def test_every_string_literal_reads_back_as_itself(store: Store, values: list[str]) -> None:
+def test_every_bound_string_reads_back_as_itself(store: Store, values: list[str]) -> None:
     client, _ = store
-    literals = ", ".join(sql.string(v) for v in values)
-    (row,) = client.query(f"SELECT [{literals}]").result_rows
-    assert row[0] == values
+    params = Params()
+    statement = params.statement(f"SELECT {params.strings(values)}, [{params.string(values[0])}]")
+    (row,) = client.query(statement.sql, parameters=statement.params).result_rows
+    assert row == (values, values[:1])
 
 
 JSON = st.recursive(
@@ -191,7 +193,7 @@ def test_query_parser_answers_a_plan_or_a_query_error(body: Any) -> None:
         PARSED["rejected"] += 1
         return
     PARSED["ok"] += 1
-    assert plan.statements and all(isinstance(s, str) for s in plan.statements)
+    assert plan.statements and all(isinstance(s.sql, str) for s in plan.statements)
 
 
 def test_report_parsed_counts() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from engine.query import plan_query, sql
+from tests.query_helpers import inlined
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 
@@ -136,15 +137,15 @@ def test_statements_and_default_order() -> None:
     p = plan(dimensions=["time:day"], include={"total_rows": True})
     assert p.order_by == [("time:day", "asc")]
     assert p.count_index == 1
-    assert p.statements[1].startswith("SELECT count() FROM (")
+    assert p.statements[1].sql.startswith("SELECT count() FROM (")
     p = plan(metrics=["pageviews", "visitors"], dimensions=["time", "visit:source"])
     assert p.order_by == [("time", "asc"), ("pageviews", "desc")]
-    assert p.statements[0].endswith(
+    assert p.statements[0].sql.endswith(
         "ORDER BY d0 ASC, m_pageviews DESC, d1 ASC LIMIT 10000 OFFSET 0"
     )
     p = plan()
     assert p.order_by == [("visitors", "desc")]
-    assert "ORDER BY" not in p.statements[0]
+    assert "ORDER BY" not in p.statements[0].sql
 
 
 def test_every_events_statement_skips_session_only_events() -> None:
@@ -155,10 +156,10 @@ def test_every_events_statement_skips_session_only_events() -> None:
     )
     assert len(p.statements) == 3
     for s in p.statements:
-        assert "name NOT IN ('engagement', 'pageleave')" in s
+        assert "name NOT IN ('engagement', 'pageleave')" in s.sql
 
 
-def test_literals_are_escaped_in_sql() -> None:
+def test_request_values_are_bound_parameters() -> None:
     p = plan_query(
         {
             "site_id": "it's.com",
@@ -170,10 +171,18 @@ def test_literals_are_escaped_in_sql() -> None:
         now=NOW,
         first_day=None,
     )
-    sql = p.statements[0]
-    assert "site = 'it\\'s.com'" in sql
-    assert "props['o\\'k\\\\'] IN ('a\\'\\x0Ab\\\\')" in sql
-    assert "\n" not in sql
+    (statement,) = p.statements
+    assert p.table == "events"
+    assert "site = {p0:String}" in statement.sql
+    assert "props[{p3:String}] IN {p4:Array(String)}" in statement.sql
+    assert "ts >= {p1:DateTime64(3, 'UTC')} AND ts < {p2:DateTime64(3, 'UTC')}" in statement.sql
+    assert statement.params == {
+        "p0": "it's.com",
+        "p1": "2026-11-03 00:00:00",
+        "p2": "2026-11-10 00:00:00",
+        "p3": "o'k\\",
+        "p4": ["a'\nb\\"],
+    }
 
 
 def test_string_literal_escaping() -> None:
@@ -188,10 +197,11 @@ def test_string_literal_escaping() -> None:
 
 def test_rollup_reads_the_dimension_rows() -> None:
     p = plan(filters=[["is", "visit:source", ["Direct / None", "Google"]]])
-    sql = p.statements[0]
+    sql = inlined(p.statements[0])
     assert "dim = 'visit:source'" in sql
-    assert "(value IN ('Direct / None', 'Google') OR value = '')" in sql
-    assert "dim = ''" in plan().statements[0]
+    assert "day >= '2026-11-03' AND day < '2026-11-10'" in sql
+    assert "(value IN ['Direct / None', 'Google'] OR value = '')" in sql
+    assert "dim = ''" in inlined(plan().statements[0])
 
 
 # --- web vitals -----------------------------------------------------------------------------
@@ -202,16 +212,16 @@ VITALS = ["lcp_p75", "inp_p75", "ttfb_p75", "fcp_p75", "cls_p75"]
 def test_vitals_read_the_rollup_sketches_and_skip_vitals_only_groups() -> None:
     p = plan(metrics=["visitors", *VITALS], dimensions=["event:page"], include={"total_rows": True})
     assert p.table == "rollup_day" and p.columns == ("visitors", *VITALS)
-    main, count = p.statements
+    main, count = (s.sql for s in p.statements)
     for col in ("lcp", "inp", "ttfb", "fcp", "cls"):
         assert f"quantileDDMerge(0.005, 0.75)({col}) AS m_{col}_p75" in main
     assert "GROUP BY d0 HAVING sum(events) > 0 ORDER BY m_visitors DESC" in main
     assert "HAVING sum(events) > 0" in count
     # An aggregate has no groups to drop.
-    assert "HAVING" not in plan(metrics=["lcp_p75"]).statements[0]
+    assert "HAVING" not in plan(metrics=["lcp_p75"]).statements[0].sql
     # Ordering by a vital.
     ordered = plan(metrics=["lcp_p75"], dimensions=["visit:device"], order_by=[["lcp_p75", "asc"]])
-    assert "ORDER BY m_lcp_p75 ASC, d0 ASC" in ordered.statements[0]
+    assert "ORDER BY m_lcp_p75 ASC, d0 ASC" in ordered.statements[0].sql
 
 
 def test_vitals_on_the_events_table_count_only_counted_events() -> None:
@@ -227,7 +237,7 @@ def test_vitals_on_the_events_table_count_only_counted_events() -> None:
         first_day=None,
         table="events",
     )
-    main, total = p.statements
+    main, total = (s.sql for s in p.statements)
     counted = "name NOT IN ('engagement', 'pageleave')"
     # Rows carrying the vitals asked for are read, whatever their name ...
     assert f"({counted} OR lcp IS NOT NULL OR cls IS NOT NULL)" in main
@@ -238,7 +248,7 @@ def test_vitals_on_the_events_table_count_only_counted_events() -> None:
     assert f"HAVING countIf({counted}) > 0" in main
     assert f"uniqCombined64If(vid, {counted})" in total  # the percentage base
     # Without vitals the events SQL is as before.
-    plain = plan(metrics=["visitors"], dimensions=["event:page", "visit:device"]).statements[0]
+    plain = plan(metrics=["visitors"], dimensions=["event:page", "visit:device"]).statements[0].sql
     assert f"AND {counted} AND" in plain and "If(" not in plain and "HAVING" not in plain
 
 

@@ -1,4 +1,4 @@
-"""Property tests on the real engine (chDB): any literal survives the round trip, and any
+"""Property tests on the real engine (chDB): any bound string survives the round trip, and any
 generated filter tree compiles to SQL that ClickHouse accepts and that answers exactly as the
 Python oracle, on every table that can answer."""
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from engine.dimensions import FIELD_OF, empty_label
-from engine.query import sql
+from engine.query.sql import Params
 from tests.query_helpers import (
     CHOICES,
     NAMES,
@@ -50,12 +50,15 @@ TEXT = st.text(alphabet="ab/'\\\n\t\x00\x7féÉ€ -_%", max_size=6)
 @example("\\'; DROP TABLE events; --")
 @example("line\nbreak\r\ttab\x00nul")
 @example("€ é \U0001f600")
-def test_string_literals_round_trip(store: Store, value: str) -> None:
+@example("{p0:String}")
+def test_bound_strings_round_trip(store: Store, value: str) -> None:
     client, _ = store
-    literal = sql.string(value)
-    assert "\n" not in literal
-    assert client.query(f"SELECT {literal}, length({literal})").result_rows == [
-        (value, len(value.encode("utf-8")))
+    params = Params()
+    one, many = params.string(value), params.strings([value, value + "'", ""])
+    statement = params.statement(f"SELECT {one}, length({one}), {many}")
+    assert statement.sql == "SELECT {p0:String}, length({p0:String}), {p1:Array(String)}"
+    assert client.query(statement.sql, parameters=statement.params).result_rows == [
+        (value, len(value.encode("utf-8")), [value, value + "'", ""])
     ]
 
 

@@ -266,7 +266,7 @@ def test_several_top_level_filters_on_one_event_dimension_test_one_value(store: 
     }
     check(store, body)
     plan = plan_query(body, timezone="UTC", now=NOW, first_day=None)
-    assert plan.statements[0].count("arrayExists") == 1
+    assert plan.statements[0].sql.count("arrayExists") == 1
 
 
 MIXED: list[dict[str, Any]] = [

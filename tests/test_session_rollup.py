@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from engine.query.cache import ResultCache
+from engine.query.sql import Statement
 from engine.store.session_rollup import deltas
 
 
@@ -81,11 +82,11 @@ def test_every_partition_gets_a_marker_row() -> None:
 
 def test_result_cache_is_an_lru_keyed_by_version() -> None:
     cache = ResultCache(2)
-    k1 = cache.key("a", ["SELECT 1"], (0, 1), b"{}")
+    k1 = cache.key("a", [Statement("SELECT 1", {})], (0, 1), b"{}")
     cache.put(k1, b"one")
     assert cache.get(k1) == b"one"
-    assert cache.get(cache.key("a", ["SELECT 1"], (0, 2), b"{}")) is None
-    cache.put(cache.key("a", ["SELECT 2"], (0, 1), b"{}"), b"two")
-    cache.put(cache.key("a", ["SELECT 3"], (0, 1), b"{}"), b"three")
+    assert cache.get(cache.key("a", [Statement("SELECT 1", {})], (0, 2), b"{}")) is None
+    cache.put(cache.key("a", [Statement("SELECT 2", {})], (0, 1), b"{}"), b"two")
+    cache.put(cache.key("a", [Statement("SELECT 3", {})], (0, 1), b"{}"), b"three")
     assert cache.get(k1) is None and len(cache) == 2
     assert ResultCache(0).get(k1) is None

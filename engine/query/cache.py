@@ -1,8 +1,9 @@
 """A result cache for the Stats API, exact by construction.
 
-An answer is a pure function of the planned statements (which already hold the resolved date
-range, so relative ranges like `30d` change key when the day does) and of the data the store
-holds. The key is (site, statements, the site's data version): the store writer bumps a site's
+An answer is a pure function of the planned statements, text and bound values (the values hold
+the site, the filters and the resolved date range, so relative ranges like `30d` change key when
+the day does, though the text does not), and of the data the store holds. The key is (site,
+statements with their values, the site's data version): the store writer bumps a site's
 version after every batch it applied for that site, so an answer is never served after new
 data for its site became visible. Only valid while this process is the only writer of the store
 (embedded chDB: one process per directory); the caller decides.
@@ -11,8 +12,10 @@ data for its site became visible. Only valid while this process is the only writ
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
+
+from engine.query.sql import Statement
 
 
 class ResultCache:
@@ -25,9 +28,11 @@ class ResultCache:
         self.misses = 0
 
     @staticmethod
-    def key(site: str, statements: list[str], version: Hashable, render: Hashable) -> Hashable:
+    def key(
+        site: str, statements: Sequence[Statement], version: Hashable, render: Hashable
+    ) -> Hashable:
         """`render`: whatever besides the rows shapes the answer (the echoed query)."""
-        return (site, tuple(statements), version, render)
+        return (site, tuple(_frozen(s) for s in statements), version, render)
 
     def get(self, key: Hashable) -> Any | None:
         if self.entries <= 0:
@@ -50,3 +55,12 @@ class ResultCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _frozen(statement: Statement) -> Hashable:
+    """The text and every bound value, hashable (an Array value as a tuple)."""
+    values = (
+        (name, value if isinstance(value, str) else tuple(value))
+        for name, value in sorted(statement.params.items())
+    )
+    return (statement.sql, tuple(values))

@@ -3,7 +3,7 @@
 A condition compares the column behind its dimension; a value equal to the dimension's empty
 label ("(not set)", "Direct / None") also matches the empty value. `is_not` and
 `contains_not` are the negations of `is` and `contains`. `case_sensitive: false` compares
-lower-cased UTF-8 text on both sides.
+lower-cased UTF-8 text on both sides. Values are bound parameters (engine/query/sql.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from engine.dimensions import empty_label
-from engine.query import sql
 from engine.query.model import And, Condition, Filter, Not, Or
+from engine.query.sql import Params
 
 _MAX_NEEDLES = 255  # ClickHouse's multiSearch* functions take at most 255 needles
 
@@ -20,21 +20,21 @@ _MAX_NEEDLES = 255  # ClickHouse's multiSearch* functions take at most 255 needl
 ColumnOf = Callable[[str], str]
 
 
-def compile_filters(filters: Sequence[Filter], column_of: ColumnOf) -> str | None:
+def compile_filters(filters: Sequence[Filter], column_of: ColumnOf, params: Params) -> str | None:
     """The AND of the top-level filters, or None when there are none."""
     if not filters:
         return None
-    return join_sql("AND", [compile_filter(f, column_of) for f in filters])
+    return join_sql("AND", [compile_filter(f, column_of, params) for f in filters])
 
 
-def compile_filter(node: Filter, column_of: ColumnOf) -> str:
+def compile_filter(node: Filter, column_of: ColumnOf, params: Params) -> str:
     if isinstance(node, And):
-        return join_sql("AND", [compile_filter(c, column_of) for c in node.children])
+        return join_sql("AND", [compile_filter(c, column_of, params) for c in node.children])
     if isinstance(node, Or):
-        return join_sql("OR", [compile_filter(c, column_of) for c in node.children])
+        return join_sql("OR", [compile_filter(c, column_of, params) for c in node.children])
     if isinstance(node, Not):
-        return f"NOT ({compile_filter(node.child, column_of)})"
-    return condition_sql(node, column_of(node.dimension))
+        return f"NOT ({compile_filter(node.child, column_of, params)})"
+    return condition_sql(node, column_of(node.dimension), params)
 
 
 def join_sql(op: str, parts: list[str]) -> str:
@@ -51,21 +51,22 @@ def matches_empty(cond: Condition) -> bool:
     return lab.lower() in (v.lower() for v in cond.values)
 
 
-def condition_sql(cond: Condition, column: str) -> str:
+def condition_sql(cond: Condition, column: str, params: Params) -> str:
     """One condition on the String expression `column`."""
     values = cond.values
     if cond.op in ("is", "is_not"):
         if cond.case_sensitive:
-            positive = f"{column} IN ({sql.string_list(values)})"
+            positive = f"{column} IN {params.strings(values)}"
         else:
-            lowered = ", ".join(f"lowerUTF8({sql.string(v)})" for v in values)
-            positive = f"lowerUTF8({column}) IN ({lowered})"
+            # Lower-cased by ClickHouse on both sides: Python's lower() differs (e.g. 'İ').
+            lowered = f"arrayMap(v -> lowerUTF8(v), {params.strings(values)})"
+            positive = f"lowerUTF8({column}) IN {lowered}"
     elif "" in values:  # contains: every string contains "" (multiSearchAny says no for '')
         positive = "1"
     else:  # contains, contains_not
         fn = "multiSearchAny" if cond.case_sensitive else "multiSearchAnyCaseInsensitiveUTF8"
         chunks = [values[i : i + _MAX_NEEDLES] for i in range(0, len(values), _MAX_NEEDLES)]
-        positive = " OR ".join(f"{fn}({column}, [{sql.string_list(c)}])" for c in chunks)
+        positive = " OR ".join(f"{fn}({column}, {params.strings(c)})" for c in chunks)
         if len(chunks) > 1:
             positive = f"({positive})"
     if matches_empty(cond):

@@ -72,6 +72,7 @@ from engine.query.model import (
     prop_key,
 )
 from engine.query.render import render
+from engine.query.sql import Params, Statement
 from engine.store.schema import SESSION_ROLLUP, SESSION_ROLLUP_COLUMNS, VITALS_SKETCH_PARAMS
 
 TABLES: Final[tuple[str, ...]] = (
@@ -139,7 +140,7 @@ class Part:
 class QueryPlan:
     site_id: str
     table: str  # the table(s) read, as `meta.table` shows them
-    statements: list[str]
+    statements: list[Statement]  # text written by the code, request values bound
     query: Query
     date_range: DateRange
     granularity: Granularity | None  # of the time dimension, if any
@@ -203,7 +204,7 @@ def plan_query(
     order = _resolve_order(query)
     merged = table.endswith(MIXED_SUFFIX)
     paginate = not merged
-    statements: list[str] = []
+    statements: list[Statement] = []
     parts: list[Part] = []
     if table == sessions.TABLE:
         parts.append(
@@ -255,7 +256,7 @@ def _session_part(
     gran: Granularity | None,
     metrics: tuple[str, ...],
     order: list[tuple[str, Direction]],
-    statements: list[str],
+    statements: list[Statement],
     paginate: bool,
     session_table: str | None = None,
 ) -> Part:
@@ -342,11 +343,12 @@ def _resolve_order(query: Query) -> list[tuple[str, Direction]]:
 
 
 class _Select:
-    """The pieces of one table's SELECT for a query."""
+    """The pieces of one table's SELECT for a query, and the values they bind."""
 
     def __init__(
         self,
         query: Query,
+        params: Params,
         source: str,
         where: str,
         labels: list[str],
@@ -355,6 +357,7 @@ class _Select:
         having: str | None = None,
     ) -> None:
         self.query = query
+        self.params = params  # of every placeholder in the pieces below
         self.source = source  # FROM ...
         self.where = where
         self.labels = labels  # one SQL expression per dimension
@@ -373,12 +376,12 @@ class _Select:
 
     def main(
         self, columns: tuple[str, ...], order: list[tuple[str, Direction]], *, paginate: bool
-    ) -> str:
+    ) -> Statement:
         """The rows; ordered and paginated in SQL unless `paginate` is False."""
         parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
         stmt = f"SELECT {', '.join(parts)} FROM {self.source} WHERE {self.where}{self._group_by()}"
         if not self.labels or not paginate:
-            return stmt
+            return self.params.statement(stmt)
         dims = self.query.dimensions
         keys: list[str] = []
         for name, direction in order:
@@ -386,25 +389,27 @@ class _Select:
             keys.append(f"{expr} {direction.upper()}")
         named = {n for n, _ in order}
         keys += [f"d{i} ASC" for i, d in enumerate(dims) if d not in named]
-        return (
+        return self.params.statement(
             f"{stmt} ORDER BY {', '.join(keys)}"
             f" LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
         )
 
-    def aggregate_only(self, metric: str) -> str:
-        return f"SELECT {self.aggregates[metric]} FROM {self.source} WHERE {self.where}"
+    def aggregate_only(self, metric: str) -> Statement:
+        return self.params.statement(
+            f"SELECT {self.aggregates[metric]} FROM {self.source} WHERE {self.where}"
+        )
 
-    def count(self) -> str:
+    def count(self) -> Statement:
         inner = (
             f"SELECT {', '.join(self._dims_select())} FROM {self.source} "
             f"WHERE {self.where}{self._group_by()}"
         )
-        return f"SELECT count() FROM ({inner})"
+        return self.params.statement(f"SELECT count() FROM ({inner})")
 
 
 def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: str) -> _Select:
-    tz = sql.string(dr.tz.key)
-    conds = [f"site = {sql.string(query.site_id)}"]
+    params = Params()
+    conds = [f"site = {params.string(query.site_id)}"]
     column_of: ColumnOf
     having: str | None = None
     aggregates: dict[str, str]
@@ -422,9 +427,12 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
             having = f"countIf({counted}) > 0"
         else:
             conds.append(counted)
-        conds.append(f"ts >= {sql.datetime_literal(dr.start, precision=3)}")
-        conds.append(f"ts < {sql.datetime_literal(dr.end, precision=3)}")
-        column_of = _event_column
+        conds.append(f"ts >= {params.datetime(dr.start, precision=3)}")
+        conds.append(f"ts < {params.datetime(dr.end, precision=3)}")
+
+        def column_of(dimension: str) -> str:
+            return _event_column(dimension, params)
+
     else:
         aggregates = {**_ROLLUP_AGGREGATES, **_ROLLUP_VITALS}
         # Cells of vitals only (engagement events) count nothing: a group of only those (e.g.
@@ -432,70 +440,87 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         having = "sum(events) > 0"
         plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
         dim = next(iter(plain)) if plain else TOTAL
-        conds.append(f"dim = {sql.string(dim)}")
+        conds.append(f"dim = {params.string(dim)}")
         if table == "rollup_day":
-            conds.append(f"day >= {sql.date_literal(dr.local_start_date)}")
-            conds.append(f"day < {sql.date_literal(dr.local_end_date)}")
+            conds.append(f"day >= {params.date(dr.local_start_date)}")
+            conds.append(f"day < {params.date(dr.local_end_date)}")
         else:
             col = _TIME_COLUMN[table]
-            conds.append(f"{col} >= {sql.datetime_literal(dr.start)}")
-            conds.append(f"{col} < {sql.datetime_literal(dr.end)}")
+            conds.append(f"{col} >= {params.datetime(dr.start)}")
+            conds.append(f"{col} < {params.datetime(dr.end)}")
 
         def column_of(dimension: str) -> str:
             return "value"
 
-    where = compile_filters(query.filters, column_of)
+    where = compile_filters(query.filters, column_of, params)
     if where is not None:
         conds.append(where)
-    labels = _labels(query, gran, table, tz, column_of)
-    return _Select(query, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER, having)
+    labels = _labels(query, dr, gran, table, column_of, params)
+    return _Select(
+        query, params, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER, having
+    )
 
 
 def _labels(
-    query: Query, gran: Granularity | None, table: str, tz: str, column_of: ColumnOf
+    query: Query,
+    dr: DateRange,
+    gran: Granularity | None,
+    table: str,
+    column_of: ColumnOf,
+    params: Params,
 ) -> list[str]:
     """One SQL label per dimension: the time bucket, or the column with empty as its label."""
     labels: list[str] = []
     for d in query.dimensions:
         if d in TIME_DIMENSIONS:
             assert gran is not None
-            labels.append(_time_label(table, gran, tz))
+            labels.append(_time_label(table, gran, params.string(dr.tz.key)))
         else:
             col = column_of(d)
-            labels.append(f"if({col} = '', {sql.string(empty_label(d))}, {col})")
+            labels.append(f"if({col} = '', {params.string(empty_label(d))}, {col})")
     return labels
 
 
 def _session_select(query: Query, dr: DateRange, gran: Granularity | None) -> _Select:
+    params = Params()
     time_label = (
-        _time_label(sessions.TABLE, gran, sql.string(dr.tz.key)) if gran is not None else None
+        _time_label(sessions.TABLE, gran, params.string(dr.tz.key)) if gran is not None else None
     )
     src = sessions.SessionSource(
         query,
-        sql.datetime_literal(dr.start, precision=3),
-        sql.datetime_literal(dr.end, precision=3),
+        params,
+        params.datetime(dr.start, precision=3),
+        params.datetime(dr.end, precision=3),
         time_label,
     )
     return _Select(
-        query, src.source, src.where, src.labels, sessions.AGGREGATES, sessions.ORDER_EXPRESSION
+        query,
+        params,
+        src.source,
+        src.where,
+        src.labels,
+        sessions.AGGREGATES,
+        sessions.ORDER_EXPRESSION,
     )
 
 
 def _session_rollup_select(query: Query, dr: DateRange, gran: Granularity | None) -> _Select:
+    params = Params()
     plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
     dim = next(iter(plain)) if plain else TOTAL
     conds = [
-        f"site = {sql.string(query.site_id)}",
-        f"dim = {sql.string(dim)}",
-        f"hour >= {sql.datetime_literal(dr.start)}",
-        f"hour < {sql.datetime_literal(dr.end)}",
+        f"site = {params.string(query.site_id)}",
+        f"dim = {params.string(dim)}",
+        f"hour >= {params.datetime(dr.start)}",
+        f"hour < {params.datetime(dr.end)}",
     ]
-    where = compile_filters(query.filters, lambda _: "value")
+    where = compile_filters(query.filters, lambda _: "value", params)
     if where is not None:
         conds.append(where)
-    labels = _labels(query, gran, SESSION_ROLLUP, sql.string(dr.tz.key), lambda _: "value")
+    labels = _labels(query, dr, gran, SESSION_ROLLUP, lambda _: "value", params)
     return _Select(
         query,
+        params,
         SESSION_ROLLUP,
         " AND ".join(conds),
         labels,
@@ -506,9 +531,9 @@ def _session_rollup_select(query: Query, dr: DateRange, gran: Granularity | None
     )
 
 
-def _event_column(dimension: str) -> str:
+def _event_column(dimension: str, params: Params) -> str:
     if is_props(dimension):
-        return f"props[{sql.string(prop_key(dimension))}]"
+        return f"props[{params.string(prop_key(dimension))}]"
     try:
         return FIELD_OF[dimension]
     except KeyError:
@@ -516,6 +541,7 @@ def _event_column(dimension: str) -> str:
 
 
 def _time_label(table: str, gran: Granularity, tz: str) -> str:
+    """`tz`: the placeholder of the site's timezone."""
     if table == "rollup_day":
         return {
             "day": "toString(day)",

@@ -45,6 +45,7 @@ from engine.query.model import (
     is_props,
     prop_key,
 )
+from engine.query.sql import Params
 
 TABLE: Final[str] = "sessions"
 # Internal aggregate columns of a sessions statement.
@@ -91,7 +92,7 @@ ORDER_EXPRESSION: Final[dict[str, str]] = {
 }
 
 
-def value_set(dimension: str) -> str:
+def value_set(dimension: str, params: Params) -> str:
     """The Array(String) of an event dimension's values in a session (never empty)."""
     if dimension in _SET_COLUMN:
         values = _SET_COLUMN[dimension]
@@ -99,7 +100,7 @@ def value_set(dimension: str) -> str:
         skipped = sql.string_list(sorted(SESSION_ONLY_EVENTS))
         values = f"arrayFilter(n -> n NOT IN ({skipped}), names)"
     elif is_props(dimension):
-        key = sql.string(prop_key(dimension))
+        key = params.string(prop_key(dimension))
         values = f"arrayFilter((v, k) -> k = {key}, prop_values, prop_keys)"
     else:
         raise ValueError(f"{dimension!r} is not an event dimension")
@@ -118,9 +119,11 @@ def session_column(dimension: str) -> str:
 class SessionSource:
     """FROM, WHERE and the dimension labels of a sessions statement for a query."""
 
-    def __init__(self, query: Query, start: str, end: str, time_label: str | None) -> None:
-        """`start`/`end`: DateTime64 literals of the range; `time_label`: the SQL label of the
-        time dimension's bucket of `start`, when the query has one."""
+    def __init__(
+        self, query: Query, params: Params, start: str, end: str, time_label: str | None
+    ) -> None:
+        """`start`/`end`: DateTime64 placeholders of the range; `time_label`: the SQL label of
+        the time dimension's bucket of `start`, when the query has one."""
         bound: dict[str, str] = {}
         joins: list[str] = []
         self.labels: list[str] = []
@@ -132,29 +135,31 @@ class SessionSource:
             if is_event_dimension(d):
                 column = f"j{i}"
                 bound[d] = column
-                joins.append(f" ARRAY JOIN {value_set(d)} AS {column}")
+                joins.append(f" ARRAY JOIN {value_set(d, params)} AS {column}")
             else:
                 column = session_column(d)
-            self.labels.append(f"if({column} = '', {sql.string(empty_label(d))}, {column})")
+            self.labels.append(f"if({column} = '', {params.string(empty_label(d))}, {column})")
         self.source = f"{TABLE} FINAL" + "".join(joins)
         conds = [
             "is_deleted = 0",
-            f"site = {sql.string(query.site_id)}",
+            f"site = {params.string(query.site_id)}",
             f"start >= {start}",
             f"start < {end}",
         ]
-        where = compile_session_filters(query.filters, bound)
+        where = compile_session_filters(query.filters, bound, params)
         if where is not None:
             conds.append(where)
         self.where = " AND ".join(conds)
 
 
-def compile_session_filters(filters: Sequence[Filter], bound: Mapping[str, str]) -> str | None:
+def compile_session_filters(
+    filters: Sequence[Filter], bound: Mapping[str, str], params: Params
+) -> str | None:
     """The session-level boolean of the top-level filters (an AND), or None when there are none.
     `bound`: event dimensions read from an ARRAY JOIN column (a breakdown) -> that column."""
     if not filters:
         return None
-    return _compile(And(tuple(filters)) if len(filters) > 1 else filters[0], bound)
+    return _compile(And(tuple(filters)) if len(filters) > 1 else filters[0], bound, params)
 
 
 def _single_event_dimension(node: Filter, bound: Mapping[str, str]) -> str | None:
@@ -166,21 +171,22 @@ def _single_event_dimension(node: Filter, bound: Mapping[str, str]) -> str | Non
     return dim if is_event_dimension(dim) and dim not in bound else None
 
 
-def _compile(node: Filter, bound: Mapping[str, str]) -> str:
+def _compile(node: Filter, bound: Mapping[str, str], params: Params) -> str:
     dim = _single_event_dimension(node, bound)
     if dim is not None:
-        return f"arrayExists(x -> {compile_filter(node, lambda _: 'x')}, {value_set(dim)})"
+        test = compile_filter(node, lambda _: "x", params)
+        return f"arrayExists(x -> {test}, {value_set(dim, params)})"
     dims = filter_dimensions([node])
     if not any(is_event_dimension(d) and d not in bound for d in dims):
 
         def scalar(dimension: str) -> str:
             return bound.get(dimension) or session_column(dimension)
 
-        return compile_filter(node, scalar)
+        return compile_filter(node, scalar, params)
     if isinstance(node, Not):
-        return f"NOT ({_compile(node.child, bound)})"
+        return f"NOT ({_compile(node.child, bound, params)})"
     if isinstance(node, Or):
-        return join_sql("OR", [_compile(c, bound) for c in node.children])
+        return join_sql("OR", [_compile(c, bound, params) for c in node.children])
     assert isinstance(node, And)  # a Condition mentions one dimension: handled above
     groups: dict[str, list[Filter]] = {}
     rest: list[Filter] = []
@@ -190,6 +196,8 @@ def _compile(node: Filter, bound: Mapping[str, str]) -> str:
             rest.append(child)
         else:
             groups.setdefault(child_dim, []).append(child)
-    parts = [_compile(g[0] if len(g) == 1 else And(tuple(g)), bound) for g in groups.values()]
-    parts += [_compile(c, bound) for c in rest]
+    parts = [
+        _compile(g[0] if len(g) == 1 else And(tuple(g)), bound, params) for g in groups.values()
+    ]
+    parts += [_compile(c, bound, params) for c in rest]
     return join_sql("AND", parts)

@@ -2,6 +2,10 @@
 
 clickhouse-connect's chDB backend is synchronous and serialises queries, so every call runs on
 one worker thread, off the event loop (STACK.md).
+
+`query` takes the values of a statement's `{name:Type}` placeholders (engine/query/sql.py):
+clickhouse-connect formats them once for either backend and sends them apart from the text, as
+chDB query parameters or as the `param_<name>` fields of a ClickHouse server's HTTP request.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -85,8 +89,14 @@ class Store:
         self._executor.shutdown(wait=True)
 
     # Synchronous API (CLI, tests)
-    def query_sync(self, sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self._client.query(sql).result_rows]
+    def query_sync(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """`params`: the values of the `{name:Type}` placeholders in `sql`."""
+        # A dict: clickhouse-connect binds server-side only from a dict (it formats other
+        # mappings into the text itself).
+        result = self._client.query(sql, parameters=dict(params) if params else None)
+        return [tuple(row) for row in result.result_rows]
 
     def insert_rows_sync(self, table: str, rows: list[dict[str, Any]]) -> None:
         """JSONEachRow insert: with chDB it is an order of magnitude faster than the columnar
@@ -114,8 +124,10 @@ class Store:
         return True
 
     # Async API: the same calls, off the event loop.
-    async def query(self, sql: str) -> list[tuple[Any, ...]]:
-        return await self._run(partial(self.query_sync, sql))
+    async def query(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        return await self._run(partial(self.query_sync, sql, params))
 
     async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         await self._run(partial(self.insert_rows_sync, table, rows))

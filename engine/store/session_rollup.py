@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from engine.query.sql import Params, Statement
 from engine.store.client import Store
 from engine.store.schema import SESSION_ROLLUP, SESSION_ROLLUP_COLUMNS
 from sinks.base import Sink
@@ -99,11 +100,7 @@ def deltas(
     return out
 
 
-def _literal_list(values: Iterable[str]) -> str:
-    return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
-
-
-def stored_versions_sql(rows: Iterable[Mapping[str, Any]]) -> str:
+def stored_versions_statement(rows: Iterable[Mapping[str, Any]]) -> Statement:
     """The newest stored version of each session in `rows` (looked up by site, start day and
     id: the sorting key of `sessions`)."""
     ids: set[int] = set()
@@ -116,9 +113,10 @@ def stored_versions_sql(rows: Iterable[Mapping[str, Any]]) -> str:
     fields = ", ".join(
         ["site", "toUnixTimestamp64Milli(start) / 1000", *_ROW_FIELDS[2:], *_DIM_COLUMNS]
     )
-    return (
+    params = Params()
+    return params.statement(
         f"SELECT session_id, argMax(tuple({fields}), (version, src_offset)) FROM sessions "
-        f"WHERE site IN ({_literal_list(sorted(sites))}) "
+        f"WHERE site IN {params.strings(sorted(sites))} "
         f"AND toUInt32(toDate(start)) IN ({', '.join(str(d) for d in sorted(days))}) "
         f"AND session_id IN ({', '.join(str(i) for i in sorted(ids))}) "
         "GROUP BY session_id"
@@ -165,7 +163,8 @@ class SessionRollupSink(Sink[Any]):
             return 0
         old: dict[int, dict[str, Any]] = {}
         if self._new:
-            old = parse_stored(await self._store.query(stored_versions_sql(self._new.values())))
+            stored = stored_versions_statement(self._new.values())
+            old = parse_stored(await self._store.query(stored.sql, stored.params))
             old.update((sid, row) for sid, row in self._catch_up.items() if sid in self._new)
         rows = deltas(old, self._new, self._watermarks)
         await self._store.insert_rows(SESSION_ROLLUP, rows)
