@@ -21,6 +21,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.hits import VITALS
 from tests.conftest import Stack
 from tests.trace import ADDRESSES, USER_AGENTS
 
@@ -32,7 +33,7 @@ SEED = 8
 # page -> page loads; the last one stays under 100 samples (checked for presence only).
 PAGES = {"/": 800, "/pricing": 500, "/blog/fast": 320, "/docs": 200, "/rare": 40}
 ONLY_VITALS_PAGE = "/only-vitals"  # engagement events with vitals, never a pageview
-VITALS = ("ttfb", "fcp", "lcp", "inp", "cls")
+
 METRICS = [f"{v}_p75" for v in VITALS]
 MIN_SAMPLES = 100
 MAX_RELATIVE_ERROR = 0.02
