@@ -11,7 +11,7 @@ so a cell may hold vitals only (events = 0).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -56,14 +56,6 @@ def utc_offset_seconds(tz: str, minute: int) -> int:
     return int(offset.total_seconds()) if offset else 0
 
 
-@dataclass(slots=True)
-class _Cell:
-    pageviews: int = 0
-    events: int = 0
-    hashes: set[int] = field(default_factory=set)
-    vitals: dict[str, list[float]] = field(default_factory=dict)
-
-
 @dataclass
 class RollupBatch:
     """Column-oriented rollup rows, ready for msgpack and for a ClickHouse columnar insert."""
@@ -75,50 +67,86 @@ class RollupBatch:
 
 
 def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
-    cells: dict[tuple[str, int, str, str], _Cell] = {}
-    tz_of: dict[tuple[str, int], int] = {}
+    """Per (site, minute): a totals row and one row per value of every dimension.
+
+    Column at a time rather than hit at a time: a message's hits share one site and a few
+    minutes, so each dimension is one pass that groups hit positions by value."""
+    groups: dict[tuple[str, int], list[Hit]] = {}
     for hit in hits:
-        name = hit["name"]
-        vitals = hit.get("vitals") or {}
-        samples = [(v, float(vitals[v])) for v in VITALS if vitals.get(v) is not None]
-        counted = name not in SESSION_ONLY_EVENTS
-        if not counted and not samples:
-            continue
-        site = hit["site"]
-        minute = minute_of(hit["ts"])
-        if (site, minute) not in tz_of:
-            tz_of[(site, minute)] = utc_offset_seconds(hit["tz"], minute)
-        is_pageview = name == "pageview"
-        vid = hit["vid"]
-        hit_fields = cast(dict[str, Any], hit)
-        keys = [(site, minute, TOTAL, "")]
-        keys.extend(
-            (site, minute, dim, str(hit_fields.get(field_name) or ""))
-            for dim, field_name in _DIMENSION_FIELDS
-        )
-        for key in keys:
-            cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = _Cell()
-            if counted:
-                cell.events += 1
-                cell.pageviews += is_pageview
-                cell.hashes.add(vid)
-            for vital, sample in samples:
-                cell.vitals.setdefault(vital, []).append(sample)
+        if hit["name"] in SESSION_ONLY_EVENTS and not hit.get("vitals"):
+            continue  # counts nothing and carries no samples
+        key = (hit["site"], int(hit["ts"] // 60) * 60)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [hit]
+        else:
+            group.append(hit)
     columns: dict[str, list[Any]] = {name: [] for name in ROLLUP_COLUMNS}
-    for (site, minute, dim, value), cell in cells.items():
+    for (site, minute), group in groups.items():
+        _fold_group(columns, site, minute, utc_offset_seconds(group[0]["tz"], minute), group)
+    return RollupBatch(columns)
+
+
+def _fold_group(
+    columns: dict[str, list[Any]], site: str, minute: int, tz_offset: int, group: list[Hit]
+) -> None:
+    counted = [hit for hit in group if hit["name"] not in SESSION_ONLY_EVENTS]
+    vids = [hit["vid"] for hit in counted]
+    is_pageview = [hit["name"] == "pageview" for hit in counted]
+    # (vital, sample) pairs per hit position in `group`; vitals are rare, so most groups skip.
+    sampled = [(hit, _samples(hit)) for hit in group if hit.get("vitals")]
+    sampled = [(hit, samples) for hit, samples in sampled if samples]
+    fields = cast(list[dict[str, Any]], counted)
+
+    def emit(
+        dim: str, value: str, positions: list[int] | None, vitals: dict[str, list[float]]
+    ) -> None:
+        if positions is None:  # every counted hit
+            events, pageviews, hashes = len(vids), sum(is_pageview), set(vids)
+        else:
+            events = len(positions)
+            pageviews = sum([is_pageview[i] for i in positions])
+            hashes = {vids[i] for i in positions}
         columns["site"].append(site)
         columns["minute"].append(minute)
-        columns["tz_offset"].append(tz_of[(site, minute)])
+        columns["tz_offset"].append(tz_offset)
         columns["dim"].append(dim)
         columns["value"].append(value)
-        columns["pageviews"].append(cell.pageviews)
-        columns["events"].append(cell.events)
-        columns["hashes"].append(sorted(cell.hashes))
+        columns["pageviews"].append(pageviews)
+        columns["events"].append(events)
+        columns["hashes"].append(sorted(hashes))
         for vital in VITALS:
-            columns[vital].append(cell.vitals.get(vital, []))
-    return RollupBatch(columns)
+            columns[vital].append(vitals.get(vital, []))
+
+    total_vitals: dict[str, list[float]] = {}
+    for _, samples in sampled:
+        for vital, sample in samples:
+            total_vitals.setdefault(vital, []).append(sample)
+    emit(TOTAL, "", None, total_vitals)
+    for dim, field_name in _DIMENSION_FIELDS:
+        positions_of: dict[str, list[int]] = {}
+        for position, hit_fields in enumerate(fields):
+            value = str(hit_fields.get(field_name) or "")
+            positions = positions_of.get(value)
+            if positions is None:
+                positions_of[value] = [position]
+            else:
+                positions.append(position)
+        vitals_of: dict[str, dict[str, list[float]]] = {}
+        for hit, samples in sampled:
+            value = str(cast(dict[str, Any], hit).get(field_name) or "")
+            cell = vitals_of.setdefault(value, {})
+            for vital, sample in samples:
+                cell.setdefault(vital, []).append(sample)
+        for value, positions in positions_of.items():
+            emit(dim, value, positions, vitals_of.pop(value, {}))
+        for value, vitals in vitals_of.items():  # cells of vitals only: nothing counted
+            emit(dim, value, [], vitals)
+
+
+def _samples(hit: Hit) -> list[tuple[str, float]]:
+    vitals = hit.get("vitals") or {}
+    return [(v, float(vitals[v])) for v in VITALS if vitals.get(v) is not None]
 
 
 @dataclass

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -124,18 +125,42 @@ class SessionEvent:
     @classmethod
     def from_hit(cls, hit: Hit, seq: int) -> SessionEvent:
         fields = cast(Mapping[str, Any], hit)
-        props = fields.get("props") or {}
-        return cls(
-            ts=float(hit["ts"]),
-            name=hit["name"],
-            page=hit["page"],
-            hostname=hit["hostname"],
-            interactive=bool(fields.get("interactive", True)),
-            vid=int(hit["vid"]),
-            seq=seq,
-            props=tuple(sorted((str(k), str(v)) for k, v in props.items())),
-            attrs=tuple((name, str(fields.get(name) or "")) for name in VISIT_ATTRIBUTES),
+        props = fields.get("props")
+        return _event(
+            float(hit["ts"]),
+            seq,
+            int(hit["vid"]),
+            hit["name"],
+            hit["page"],
+            hit["hostname"],
+            bool(fields.get("interactive", True)),
+            tuple(sorted((str(k), str(v)) for k, v in props.items())) if props else (),
+            visit_attributes(fields),
         )
+
+
+_attribute_values = operator.itemgetter(*VISIT_ATTRIBUTES)
+# Visitors of a site share a few attribute combinations: one Pairs tuple per combination saves
+# building it per hit, and lets callers compare by identity first.
+_ATTRIBUTES_CACHE: dict[tuple[Any, ...], Pairs] = {}
+_ATTRIBUTES_CACHE_SIZE: Final[int] = 65536
+
+
+def visit_attributes(fields: Mapping[str, Any]) -> Pairs:
+    """A hit's visit attributes as (name, text) pairs in VISIT_ATTRIBUTES order."""
+    try:
+        values = _attribute_values(fields)
+    except KeyError:  # a hit without some attributes: they are empty
+        values = tuple(fields.get(name) for name in VISIT_ATTRIBUTES)
+    attrs = _ATTRIBUTES_CACHE.get(values)
+    if attrs is None:
+        attrs = tuple(
+            (name, str(value or "")) for name, value in zip(VISIT_ATTRIBUTES, values, strict=True)
+        )
+        if len(_ATTRIBUTES_CACHE) >= _ATTRIBUTES_CACHE_SIZE:
+            _ATTRIBUTES_CACHE.clear()
+        _ATTRIBUTES_CACHE[values] = attrs
+    return attrs
 
 
 def _order(event: SessionEvent) -> tuple[float, int]:

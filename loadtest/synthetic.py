@@ -1,7 +1,8 @@
 """Deterministic synthetic hits, shaped like the ingest's output, for the worker benchmarks.
 
-Skewed like real traffic: a few pages, sources and countries take most hits; visitors make
-sessions of several pageviews a few seconds apart.
+Skewed like real traffic: a few sites, pages, sources and countries take most hits. Each site's
+visitors scale with its traffic: a visitor makes a few hits (HITS_PER_VISITOR on average) close
+together, so a busy site has many visitors rather than a few that hit it thousands of times.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ DEVICES = [
     ("Mobile", "Safari", "iOS"),
     ("Tablet", "Chrome", "Android"),
 ]
+
+
+HITS_PER_VISITOR = 4
+# Visitors of a site that are mid-visit at any time; each hit goes to one of them or a new one.
+ACTIVE_VISITORS = 16
 
 
 def _skewed(rng: random.Random, items: list[str], long_tail: int = 0) -> str:
@@ -42,11 +48,18 @@ def hits_stream(
 ) -> Iterator[Hit]:
     """`count` hits spread evenly over [start, start + seconds), in time order."""
     rng = random.Random(seed)
-    visitors_per_site = max(10, count // max(1, len(sites)) // 4)
+    active: dict[str, list[int]] = {}
     step = seconds / max(1, count)
     for i in range(count):
         site = sites[int(rng.paretovariate(1.2)) % len(sites)] if len(sites) > 1 else sites[0]
-        vid = (hash((site, rng.randrange(visitors_per_site))) & 0xFFFFFFFFFFFF) + 1
+        visitors = active.setdefault(site, [])
+        if not visitors or rng.random() < 1 / HITS_PER_VISITOR:
+            vid = rng.getrandbits(48) + 1
+            visitors.append(vid)
+            if len(visitors) > ACTIVE_VISITORS:
+                visitors.pop(0)
+        else:
+            vid = rng.choice(visitors)
         device, browser, os_name = DEVICES[vid % len(DEVICES)]
         source = _skewed(rng, SOURCES)
         yield Hit(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.dimensions import FIELD_OF, TOTAL
 from engine.hits import VITALS, Hit
@@ -96,3 +98,68 @@ def test_codec_round_trip_and_version_2_messages() -> None:
     decoded = decode_output(old).rollups.columns
     n = len(decoded["site"])
     assert all(decoded[v] == [[]] * n for v in VITALS)
+
+
+def reference_rows(hits: list[Hit]) -> dict[tuple[str, int, str, str], tuple[Any, ...]]:
+    """The definition, hit by hit: every counted hit adds to its (site, minute) total and to
+    one cell per dimension; every hit's vitals samples go to the same cells."""
+    cells: dict[tuple[str, int, str, str], list[Any]] = {}
+    for h in hits:
+        fields: dict[str, Any] = dict(h)
+        vitals = h.get("vitals") or {}
+        samples = [(v, float(vitals[v])) for v in VITALS if vitals.get(v) is not None]
+        counted = h["name"] not in ("engagement", "pageleave")
+        if not counted and not samples:
+            continue
+        minute = int(h["ts"] // 60) * 60
+        keys = [(h["site"], minute, TOTAL, "")] + [
+            (h["site"], minute, dim, str(fields.get(f) or "")) for dim, f in FIELD_OF.items()
+        ]
+        for key in keys:
+            cell = cells.setdefault(key, [0, 0, set(), {v: [] for v in VITALS}])
+            if counted:
+                cell[0] += h["name"] == "pageview"
+                cell[1] += 1
+                cell[2].add(h["vid"])
+            for vital, sample in samples:
+                cell[3][vital].append(sample)
+    return {
+        key: (pv, ev, sorted(hashes), *(vitals[v] for v in VITALS))
+        for key, (pv, ev, hashes, vitals) in cells.items()
+    }
+
+
+_hit_strategy = st.builds(
+    lambda name, page, vid, minute, second, source, country, vitals, site: {
+        **hit(name, page, vid, vitals or None, ts=T0 + minute * 60 + second),
+        "source": source,
+        "country": country,
+        "site": site,
+    },
+    st.sampled_from(["pageview", "signup", "engagement", "pageleave"]),
+    st.sampled_from(["/", "/a", "/b", "/ä", ""]),
+    st.integers(1, 6),
+    st.integers(0, 2),
+    st.floats(0, 59.999),
+    st.sampled_from(["", "Google", "Bing"]),
+    st.sampled_from(["DE", "", "FR"]),
+    st.dictionaries(st.sampled_from(list(VITALS)), st.floats(0, 5000), max_size=2),
+    st.sampled_from(["r.test", "s.test"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_hit_strategy, max_size=40))
+def test_rows_equal_the_hit_by_hit_definition(hits: list[Hit]) -> None:
+    cols = build_rollup_rows(hits).columns
+    got = {
+        (cols["site"][i], cols["minute"][i], cols["dim"][i], cols["value"][i]): (
+            cols["pageviews"][i],
+            cols["events"][i],
+            cols["hashes"][i],
+            *(cols[v][i] for v in VITALS),
+        )
+        for i in range(len(cols["site"]))
+    }
+    assert len(got) == len(cols["site"])  # one row per cell
+    assert got == reference_rows(hits)

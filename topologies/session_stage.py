@@ -109,9 +109,9 @@ class SessionStage:
                     site, row.session_id, row.vid, row.start, offset, partition, offset
                 )
             current = state.rows()
-            for i in indexes:
+            for i, session_event in zip(indexes, events, strict=True):
                 session = _session_of(current, hits[i]["ts"])
-                if session is not None:
+                if session is not None and session.attrs != session_event.attrs:
                     out[i] = _with_visit_attributes(hits[i], session)
         return list(rows.values()), out
 
