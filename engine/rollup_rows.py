@@ -19,11 +19,13 @@ from zoneinfo import ZoneInfo
 import msgpack
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
+from engine.event_rows import events_block
 from engine.hits import VITALS, Hit
 
-# 3: the vitals columns. Version 2 messages (no vitals) are still read.
-ROLLUP_CODEC_VERSION = 3
-_READABLE_VERSIONS = (2, ROLLUP_CODEC_VERSION)
+# 3: the vitals columns; 4: the hits as an encoded `events` block. Versions 2 (no vitals) and
+# 3 (hits as maps) are still read.
+ROLLUP_CODEC_VERSION = 4
+_READABLE_VERSIONS = (2, 3, ROLLUP_CODEC_VERSION)
 ROLLUP_COLUMNS = (
     "site",
     "minute",
@@ -153,13 +155,32 @@ def _samples(hit: Hit) -> list[tuple[str, float]]:
 class WorkerOutput:
     """Everything the worker derives from one hits message, for the store to write: rollup
     deltas, absolute session rows, and the hits themselves (with their session's visit
-    attributes), all tagged with the hits message they came from."""
+    attributes) as a ready `events` block, all tagged with the hits message they came from."""
 
     src_partition: int
     src_offset: int
     rollups: RollupBatch
     sessions: list[dict[str, Any]]
-    hits: list[Hit]
+    events: bytes  # JSONEachRow rows of the `events` table (engine/event_rows.py)
+    sites: list[str]  # every site the message's hits belong to
+
+    @classmethod
+    def of(
+        cls,
+        src_partition: int,
+        src_offset: int,
+        rollups: RollupBatch,
+        sessions: list[dict[str, Any]],
+        hits: list[Hit],
+    ) -> WorkerOutput:
+        return cls(
+            src_partition,
+            src_offset,
+            rollups,
+            sessions,
+            events_block(hits, src_partition, src_offset),
+            sorted({hit["site"] for hit in hits}),
+        )
 
 
 def encode_output(output: WorkerOutput) -> bytes:
@@ -168,7 +189,8 @@ def encode_output(output: WorkerOutput) -> bytes:
         "src": [output.src_partition, output.src_offset],
         "rows": output.rollups.columns,
         "sessions": output.sessions,
-        "hits": output.hits,
+        "events": output.events,
+        "sites": output.sites,
     }
     return cast(bytes, msgpack.packb(body, use_bin_type=True))
 
@@ -177,16 +199,22 @@ def decode_output(payload: bytes) -> WorkerOutput:
     body = msgpack.unpackb(payload, raw=False)
     if not isinstance(body, dict) or body.get("v") not in _READABLE_VERSIONS:
         raise ValueError(f"not a worker output message of codec version {_READABLE_VERSIONS}")
-    src_partition, src_offset = body["src"]
+    src_partition, src_offset = (int(x) for x in body["src"])
     rows: dict[str, list[Any]] = body["rows"]
     for vital in VITALS:
         # A version 2 message (written before an upgrade) has no vitals: empty per row.
         if vital not in rows:
             rows[vital] = [[] for _ in rows["site"]]
+    sessions = list(body.get("sessions") or [])
+    if "events" not in body:  # versions 2 and 3 carried the hits themselves
+        return WorkerOutput.of(
+            src_partition, src_offset, RollupBatch(rows), sessions, list(body.get("hits") or [])
+        )
     return WorkerOutput(
-        int(src_partition),
-        int(src_offset),
+        src_partition,
+        src_offset,
         RollupBatch(rows),
-        list(body.get("sessions") or []),
-        list(body.get("hits") or []),
+        sessions,
+        bytes(body["events"]),
+        list(body.get("sites") or []),
     )

@@ -199,7 +199,7 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
             if rows >= expected:
                 stored = now
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)  # each scrape costs the writer time too
         else:
             raise RuntimeError(f"not drained in {timeout}s")
         rss = peak_rss_mb(worker.pid)

@@ -7,17 +7,12 @@ Kafka commit is neither lost nor counted twice.
 
 from __future__ import annotations
 
-import math
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.hits import VITALS, Hit
+from engine.event_rows import block_rows
 from engine.rollup_rows import ROLLUP_COLUMNS, RollupBatch
-from engine.sessions import VISIT_ATTRIBUTES
 from engine.store.client import Store
 from sinks.base import Sink
-
-EVENT_TEXT_COLUMNS = ("name", "hostname", "page", *VISIT_ATTRIBUTES)
 
 
 class _RowSink(Sink[Any]):
@@ -56,44 +51,36 @@ class RollupLogSink(_RowSink):
             self._rows.append(row)
 
 
-def _revenue(hit: Hit) -> tuple[str | None, str]:
-    revenue = hit.get("revenue")
-    if not revenue:
-        return None, ""
-    try:
-        amount = Decimal(str(revenue["amount"])).quantize(Decimal("0.001"))
-        return str(amount), str(revenue["currency"])
-    except (KeyError, InvalidOperation, TypeError):
-        return None, ""
+class EventsSink(Sink[bytes]):
+    """Blocks of `events` rows the worker already encoded (engine/event_rows.py): inserted as
+    they are, one insert per flush."""
 
-
-def event_row(hit: Hit, src_partition: int, src_offset: int) -> dict[str, Any]:
-    fields: dict[str, Any] = hit  # type: ignore[assignment]
-    row: dict[str, Any] = {
-        "site": hit["site"],
-        # DateTime64(3) takes epoch seconds with a fraction in JSONEachRow.
-        "ts": math.floor(hit["ts"] * 1000) / 1000,  # as minute_of() buckets it
-        "vid": hit["vid"],
-        "props": hit.get("props") or {},
-        "interactive": 1 if hit.get("interactive", True) else 0,
-        "src_partition": src_partition,
-        "src_offset": src_offset,
-    }
-    for name in EVENT_TEXT_COLUMNS:
-        row[name] = fields.get(name) or ""
-    row["revenue_amount"], row["revenue_currency"] = _revenue(hit)
-    vitals = hit.get("vitals") or {}
-    for name in VITALS:
-        value = vitals.get(name)
-        row[name] = float(value) if value is not None else None
-    return row
-
-
-class EventsSink(_RowSink):
     table = "events"
 
-    def add(self, item: list[Hit], src_partition: int, src_offset: int) -> None:
-        self._rows.extend(event_row(hit, src_partition, src_offset) for hit in item)
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._blocks: list[bytes] = []
+
+    def add(self, item: bytes, src_partition: int, src_offset: int) -> None:
+        if item:
+            self._blocks.append(item)
+
+    def discard(self) -> None:
+        self._blocks = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._blocks)
+
+    async def flush(self) -> int:
+        blocks = self._blocks
+        if not blocks:
+            return 0
+        block = b"\n".join(blocks)
+        rows = block_rows(block)
+        await self._store.insert_block(self.table, block, rows)
+        self._blocks = []
+        return rows
 
 
 class SessionsSink(_RowSink):

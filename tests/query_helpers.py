@@ -21,13 +21,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, empty_label
+from engine.event_rows import EVENT_TEXT_COLUMNS
 from engine.hits import VITALS
 from engine.query import QueryPlan, plan_query, sql
 from engine.query.sql import Statement
 from engine.rollup_rows import ROLLUP_COLUMNS
 from engine.store import session_rollup
 from engine.store.schema import ROLLUP_LEVELS, SESSION_ROLLUP, ddl, derive_sql
-from sinks.clickhouse import EVENT_TEXT_COLUMNS
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
 BIG_SITE = "big.test"  # many distinct visitors: uniqCombined64 is approximate there

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,10 +86,24 @@ def test_vitals_of_counted_hits_count_too_and_minutes_stay_apart() -> None:
 
 def test_codec_round_trip_and_version_2_messages() -> None:
     hits = [hit("pageview", "/a", 1), hit("engagement", "/a", 1, {"fcp": 700.0})]
-    out = WorkerOutput(3, 42, build_rollup_rows(hits), [], hits)
+    out = WorkerOutput.of(3, 42, build_rollup_rows(hits), [], hits)
     back = decode_output(encode_output(out))
     assert (back.src_partition, back.src_offset) == (3, 42)
     assert back.rollups.columns == out.rollups.columns
+    assert back.sites == ["r.test"]
+    # The events block: one JSON row per hit, tagged with its source message.
+    rows = [orjson.loads(line) for line in back.events.split(b"\n")]
+    assert [(r["name"], r["src_partition"], r["src_offset"]) for r in rows] == [
+        ("pageview", 3, 42),
+        ("engagement", 3, 42),
+    ]
+    assert rows[1]["fcp"] == 700.0 and rows[0]["fcp"] is None
+    # A version 3 message (hits as maps) is read into the same block.
+    v3 = msgpack.packb(
+        {"v": 3, "src": [3, 42], "rows": out.rollups.columns, "sessions": [], "hits": hits},
+        use_bin_type=True,
+    )
+    assert (decode_output(v3).events, decode_output(v3).sites) == (back.events, back.sites)
     # A message written by the previous version has no vitals columns: read as empty lists.
     old_rows = {k: v for k, v in out.rollups.columns.items() if k not in VITALS}
     old = msgpack.packb(

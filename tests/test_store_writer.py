@@ -44,7 +44,7 @@ def records(outputs: list[WorkerOutput]) -> dict[Any, list[Any]]:
 
 
 def output(partition: int, offset: int, hits: list[Hit]) -> WorkerOutput:
-    return WorkerOutput(partition, offset, build_rollup_rows(hits), [], hits)
+    return WorkerOutput.of(partition, offset, build_rollup_rows(hits), [], hits)
 
 
 @pytest.fixture

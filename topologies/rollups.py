@@ -167,7 +167,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
             )
             return None
         session_rows, hits = sessions.process(hits, event)
-        output = WorkerOutput(
+        output = WorkerOutput.of(
             message.partition, message.offset, build_rollup_rows(hits), session_rows, hits
         )
         sent = await rollups_topic.send(

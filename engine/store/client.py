@@ -101,9 +101,11 @@ class Store:
     def insert_rows_sync(self, table: str, rows: list[dict[str, Any]]) -> None:
         """JSONEachRow insert: with chDB it is an order of magnitude faster than the columnar
         path for Map and Array columns."""
-        if not rows:
-            return
-        block = b"\n".join(orjson.dumps(row) for row in rows)
+        if rows:
+            self.insert_block_sync(table, b"\n".join(orjson.dumps(row) for row in rows), len(rows))
+
+    def insert_block_sync(self, table: str, block: bytes, rows: int) -> None:
+        """A JSONEachRow block of `rows` rows, inserted as one part."""
         started = time.perf_counter()
         try:
             self._client.raw_insert(
@@ -111,7 +113,7 @@ class Store:
             )
         finally:
             INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-        INSERT_ROWS.labels(table).observe(len(rows))
+        INSERT_ROWS.labels(table).observe(rows)
 
     def command_sync(self, sql: str) -> None:
         self._client.command(sql)
@@ -131,6 +133,9 @@ class Store:
 
     async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         await self._run(partial(self.insert_rows_sync, table, rows))
+
+    async def insert_block(self, table: str, block: bytes, rows: int) -> None:
+        await self._run(partial(self.insert_block_sync, table, block, rows))
 
     async def command(self, sql: str) -> None:
         await self._run(partial(self.command_sync, sql))

@@ -37,6 +37,9 @@ from sinks.clickhouse import EventsSink, RollupLogSink, SessionsSink
 
 log = logging.getLogger(__name__)
 
+# Worker output messages per store batch (one per hits message, up to 500 hits each).
+MAX_BATCH_MESSAGES = 2000
+
 ROWS_WRITTEN = Counter("rollup_store_rows_total", "Rows inserted into ClickHouse", ["table"])
 REPLAYS_SKIPPED = Counter(
     "rollup_store_replayed_messages_total",
@@ -79,7 +82,7 @@ class StoreWriter:
         self.settings = settings
         self.store = store
         self.targets = [
-            Target("events", EventsSink(store), lambda out: out.hits),
+            Target("events", EventsSink(store), lambda out: out.events),
             Target("rollup_log", RollupLogSink(store), lambda out: out.rollups),
             # Before `sessions`: its deltas read the versions stored there before the batch.
             Target(SESSION_ROLLUP, SessionRollupSink(store), lambda out: out.sessions),
@@ -184,15 +187,33 @@ class StoreWriter:
         try:
             consumer.subscribe([self.settings.rollups_topic], listener=_Reload(self))
             while True:
-                batches = await consumer.getmany(
-                    timeout_ms=int(self.settings.store_flush_seconds * 1000), max_records=2000
-                )
+                batches = await self._collect(consumer)
                 self.healthy = True
                 if batches:
                     await self._apply(consumer, batches)
         finally:
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """What arrives within one flush interval (or up to MAX_BATCH_MESSAGES): every batch
+        costs a few inserts and level derives, and each insert a part for ClickHouse to merge,
+        so a backlog is drained in few large batches rather than many small ones."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.store_flush_seconds
+        batches: dict[TopicPartition, list[Any]] = {}
+        count = 0
+        while count < MAX_BATCH_MESSAGES:
+            remaining = deadline - loop.time()
+            fetched = await consumer.getmany(
+                timeout_ms=max(0, int(remaining * 1000)), max_records=MAX_BATCH_MESSAGES - count
+            )
+            for tp, records in fetched.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
+            if remaining <= 0:
+                break
+        return batches
 
     async def _apply(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, Any]) -> None:
         async with self._lock:
@@ -217,7 +238,7 @@ class StoreWriter:
                     continue
                 p, o = output.src_partition, output.src_offset
                 sites.update(output.rollups.columns.get("site") or ())
-                sites.update(hit["site"] for hit in output.hits)
+                sites.update(output.sites)
                 sites.update(row["site"] for row in output.sessions)
                 taken: set[str] = set()
                 for target in self.targets:
