@@ -38,7 +38,10 @@ from engine.dimensions import SESSION_ONLY_EVENTS
 from engine.hits import Hit
 
 SESSION_TIMEOUT: Final[int] = 30 * 60
-MAX_RETAINED_EVENTS: Final[int] = 2000
+# Every message re-walks a visitor's retained events, so the cap bounds that cost. More than
+# this many events in one lateness window (one every 2 s over 10 min) is automated traffic,
+# which then gives up only its tolerance of late events.
+MAX_RETAINED_EVENTS: Final[int] = 300
 # Deleted rows kept for re-emission on replay; a merge deletes few ids, so this is generous.
 MAX_TOMBSTONES: Final[int] = 100
 PAGEVIEW: Final[str] = "pageview"
