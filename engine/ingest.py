@@ -21,7 +21,7 @@ import orjson
 from prometheus_client import Counter
 
 from config import Settings
-from engine.enrich import UserAgentClassifier, clean_referrer, country_of, source_of
+from engine.enrich import UserAgentClassifier, country_of, referrer_and_source
 from engine.errors import InputError
 from engine.event_input import ParsedEvent, parse_event_body, parse_import_line
 from engine.hits import Hit
@@ -240,8 +240,7 @@ class Ingestor:
             result.dropped += len(event.domains)
             return []
         country = country_of(client_ip)
-        referrer = clean_referrer(event.referrer, event.hostname)
-        source = source_of(event.utm_source, referrer)
+        referrer, source = referrer_and_source(event.referrer, event.hostname, event.utm_source)
         hits: list[Hit] = []
         # Whole milliseconds, as ClickHouse stores them: every table then puts a hit at
         # hh:mm:59.9996 in the same minute.
