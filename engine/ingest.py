@@ -163,7 +163,7 @@ class Ingestor:
             raise
         count_dropped_vitals(event)
         now = time.time()
-        salts = await self._salts.salts(dt.datetime.fromtimestamp(now, dt.UTC))
+        salts = await self._salts.salts_at(now)
         result = IngestResult()
         blocked = await self._rate_limited(event, client_ip, salts.current, result)
         hits = self._hits(event, now, user_agent, client_ip, salts, result, "event", blocked)
