@@ -119,6 +119,9 @@ class Ingestor:
         self._sites = sites
         self._classifier = classifier or UserAgentClassifier()
         self._limiter = limiter
+        self._limited = limiter is not None and (
+            settings.ingest_rate_limit > 0 or settings.ingest_site_rate_limit > 0
+        )
 
     async def _rate_limited(
         self, event: ParsedEvent, client_ip: str, salt: bytes, result: IngestResult
@@ -165,7 +168,9 @@ class Ingestor:
         now = time.time()
         salts = await self._salts.salts_at(now)
         result = IngestResult()
-        blocked = await self._rate_limited(event, client_ip, salts.current, result)
+        blocked: frozenset[str] = frozenset()
+        if self._limited:  # skip the coroutine when no limit is set (the usual embedded case)
+            blocked = await self._rate_limited(event, client_ip, salts.current, result)
         hits = self._hits(event, now, user_agent, client_ip, salts, result, "event", blocked)
         if hits:
             await self._producer.submit(hits)
