@@ -6,12 +6,13 @@ Every problem is collected under the long name of the field at fault and raised 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
@@ -21,6 +22,8 @@ from engine.hits import VITALS
 
 MAX_NAME_CHARS: Final = 120
 MAX_URL_BYTES: Final = 2000
+# URLs (and domain lists) whose parse is kept; at most 2,000 bytes each, so at most ~40 MB.
+URL_CACHE_SIZE: Final = 16_384
 MAX_REFERRER_CHARS: Final = 2000
 MAX_PROPS: Final = 30
 MAX_PROP_KEY_BYTES: Final = 300
@@ -192,29 +195,17 @@ def _parse_fields(obj: dict[str, Any], errors: Errors) -> ParsedEvent | None:
     if errors or name is None or url is None or props is None:
         return None
 
-    parts = urlsplit(url)
-    hostname = _strip_www((parts.hostname or "").rstrip("."))
-    domains = _domains(raw_domain, hostname)
-    query = parse_qs(parts.query, keep_blank_values=True)
-
-    def param(*keys: str) -> str:
-        for key in keys:
-            for value in query.get(key, ()):
-                if value.strip():
-                    return value.strip()
-        return ""
-
     return ParsedEvent(
         name=name,
-        url=url,
-        domains=domains,
-        hostname=hostname,
-        page=unquote(parts.path, errors="replace") or "/",
-        utm_source=param("utm_source", "source", "ref"),
-        utm_medium=param("utm_medium"),
-        utm_campaign=param("utm_campaign"),
-        utm_content=param("utm_content"),
-        utm_term=param("utm_term"),
+        url=url.url,
+        domains=_domains(raw_domain, url.hostname),
+        hostname=url.hostname,
+        page=url.page,
+        utm_source=url.utm_source,
+        utm_medium=url.utm_medium,
+        utm_campaign=url.utm_campaign,
+        utm_content=url.utm_content,
+        utm_term=url.utm_term,
         referrer=referrer[:MAX_REFERRER_CHARS],
         props=props,
         interactive=bool(interactive),
@@ -238,31 +229,79 @@ def _name(value: Any, errors: Errors) -> str | None:
     return None
 
 
-def _url(value: Any, errors: Errors) -> str | None:
+def _url(value: Any, errors: Errors) -> _Url | None:
     if value is None:
         _add(errors, "url", "is required")
         return None
-    if not isinstance(value, str) or not _is_utf8(value):
+    if not isinstance(value, str):
         _add(errors, "url", "must be a string")
         return None
-    if len(value.encode()) > MAX_URL_BYTES:
-        _add(errors, "url", f"must be at most {MAX_URL_BYTES} bytes")
+    if len(value) > MAX_URL_BYTES:  # too long whatever its bytes; not worth a cache entry
+        _add(errors, "url", _URL_TOO_LONG if _is_utf8(value) else "must be a string")
         return None
+    parsed = _parse_url(value)
+    if isinstance(parsed, str):
+        _add(errors, "url", parsed)
+        return None
+    return parsed
+
+
+class _Url(NamedTuple):
+    """What an event keeps of its URL: the same for every hit on a page, so parsed once."""
+
+    url: str
+    hostname: str
+    page: str
+    utm_source: str
+    utm_medium: str
+    utm_campaign: str
+    utm_content: str
+    utm_term: str
+
+
+_URL_TOO_LONG: Final = f"must be at most {MAX_URL_BYTES} bytes"
+
+
+# Pages repeat: a bounded cache keyed by the URL string spares the parse on almost every hit.
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def _parse_url(value: str) -> _Url | str:
+    """The URL's parts, or the message saying what is wrong with it."""
+    if not _is_utf8(value):
+        return "must be a string"
+    if len(value.encode()) > MAX_URL_BYTES:
+        return _URL_TOO_LONG
+    url = value.strip()
     try:
-        parts = urlsplit(value.strip())
+        parts = urlsplit(url)
         host = parts.hostname
     except ValueError:  # e.g. an unclosed IPv6 bracket
-        _add(errors, "url", "is not a valid URL")
-        return None
+        return "is not a valid URL"
     if parts.scheme.lower() not in ("http", "https"):
-        _add(errors, "url", "must be an http or https URL")
-        return None
+        return "must be an http or https URL"
     if not host or not host.rstrip("."):
-        _add(errors, "url", "must have a host")
-        return None
-    return value.strip()
+        return "must have a host"
+    query = parse_qs(parts.query, keep_blank_values=True)
+
+    def param(*keys: str) -> str:
+        for key in keys:
+            for value in query.get(key, ()):
+                if value.strip():
+                    return value.strip()
+        return ""
+
+    return _Url(
+        url=url,
+        hostname=_strip_www(host.rstrip(".")),
+        page=unquote(parts.path, errors="replace") or "/",
+        utm_source=param("utm_source", "source", "ref"),
+        utm_medium=param("utm_medium"),
+        utm_campaign=param("utm_campaign"),
+        utm_content=param("utm_content"),
+        utm_term=param("utm_term"),
+    )
 
 
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
 def _domains(raw: str | None, hostname: str) -> tuple[str, ...]:
     # Each listed site gets its own copy of the event, so a repeated one must not count twice.
     listed = [d.strip().lower() for d in (raw or "").split(",")]

@@ -21,7 +21,7 @@ import orjson
 from prometheus_client import Counter
 
 from config import Settings
-from engine.enrich import UserAgentClassifier, clean_referrer, country_of, source_of
+from engine.enrich import UserAgentClassifier, country_of, referrer_and_source
 from engine.errors import InputError
 from engine.event_input import ParsedEvent, parse_event_body, parse_import_line
 from engine.hits import Hit
@@ -119,6 +119,9 @@ class Ingestor:
         self._sites = sites
         self._classifier = classifier or UserAgentClassifier()
         self._limiter = limiter
+        self._limited = limiter is not None and (
+            settings.ingest_rate_limit > 0 or settings.ingest_site_rate_limit > 0
+        )
 
     async def _rate_limited(
         self, event: ParsedEvent, client_ip: str, salt: bytes, result: IngestResult
@@ -163,9 +166,11 @@ class Ingestor:
             raise
         count_dropped_vitals(event)
         now = time.time()
-        salts = await self._salts.salts(dt.datetime.fromtimestamp(now, dt.UTC))
+        salts = await self._salts.salts_at(now)
         result = IngestResult()
-        blocked = await self._rate_limited(event, client_ip, salts.current, result)
+        blocked: frozenset[str] = frozenset()
+        if self._limited:  # skip the coroutine when no limit is set (the usual embedded case)
+            blocked = await self._rate_limited(event, client_ip, salts.current, result)
         hits = self._hits(event, now, user_agent, client_ip, salts, result, "event", blocked)
         if hits:
             await self._producer.submit(hits)
@@ -240,8 +245,7 @@ class Ingestor:
             result.dropped += len(event.domains)
             return []
         country = country_of(client_ip)
-        referrer = clean_referrer(event.referrer, event.hostname)
-        source = source_of(event.utm_source, referrer)
+        referrer, source = referrer_and_source(event.referrer, event.hostname, event.utm_source)
         hits: list[Hit] = []
         # Whole milliseconds, as ClickHouse stores them: every table then puts a hit at
         # hh:mm:59.9996 in the same minute.

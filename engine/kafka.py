@@ -129,12 +129,23 @@ class HitProducer:
         if not self._healthy:
             raise UnavailableError("broker unavailable", retry_after=5)
         loop = asyncio.get_running_loop()
+        site = hits[0]["site"]
+        if all(hit["site"] == site for hit in hits):
+            # The usual request: one site, one future to wait on and nothing to gather.
+            fut: asyncio.Future[None] = loop.create_future()
+            pending = self._pending[site]
+            pending.hits.extend(hits)
+            pending.waiters.append(fut)
+            self._pending_count += len(hits)
+            self._wakeup.set()
+            await fut
+            return
         by_site: dict[str, list[Hit]] = defaultdict(list)
         for hit in hits:
             by_site[hit["site"]].append(hit)
         waiters = []
         for site, site_hits in by_site.items():
-            fut: asyncio.Future[None] = loop.create_future()
+            fut = loop.create_future()
             pending = self._pending[site]
             pending.hits.extend(site_hits)
             pending.waiters.append(fut)

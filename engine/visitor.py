@@ -49,6 +49,15 @@ class SaltStore:
         self._redis = redis
         self._cached_day: dt.date | None = None
         self._cached: Salts | None = None
+        # The cached day as epoch seconds [start, end): a request compares floats, no dates.
+        self._cached_span = (0.0, 0.0)
+
+    async def salts_at(self, ts: float) -> Salts:
+        """`salts` for an epoch second: the hot path's form, cheap within the cached day."""
+        start, end = self._cached_span
+        if self._cached is not None and start <= ts < end:
+            return self._cached
+        return await self.salts(dt.datetime.fromtimestamp(ts, dt.UTC))
 
     async def salts(self, now: dt.datetime) -> Salts:
         today = now.astimezone(dt.UTC).date()
@@ -61,6 +70,8 @@ class SaltStore:
             raise UnavailableError(f"salt store (Redis) unavailable: {exc}", 5) from exc
         self._cached = Salts(current, _as_bytes(previous) if previous is not None else None)
         self._cached_day = today
+        start = dt.datetime.combine(today, dt.time(), tzinfo=dt.UTC).timestamp()
+        self._cached_span = (start, start + 86400.0)
         return self._cached
 
     async def _get_or_create(self, day: dt.date) -> bytes:

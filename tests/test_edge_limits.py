@@ -144,3 +144,49 @@ def test_spoofed_forwarded_for_does_not_reach_the_ingestor() -> None:
     assert asyncio.run(call("198.51.100.1")) == 202
     assert asyncio.run(call("127.0.0.1")) == 202
     assert seen == ["198.51.100.1", "9.9.9.9"]
+
+
+def test_app_answers_the_event_path_before_starlette(tmp_path: Path) -> None:
+    """build_app's app sends POST /api/event straight to the fast path (Starlette never sees
+    it: it would set scope["app"]), and everything else through Starlette's routing."""
+    from engine.http import build_app
+
+    seen: list[str] = []
+
+    class Recorder:
+        async def event(self, body: bytes, user_agent: str | None, client_ip: str) -> IngestResult:
+            seen.append(client_ip)
+            return IngestResult(accepted=1)
+
+    app = build_app(load_settings(data_dir=tmp_path), manage_lifespan=False)
+    app.state.runtime.ingestor = Recorder()
+
+    async def call(method: str, path: str) -> tuple[int, dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        scope: dict[str, Any] = {
+            "type": "http",
+            "http_version": "1.1",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "method": method,
+            "client": ("198.51.100.7", 5555),
+            "server": ("127.0.0.1", 8000),
+            "headers": [(b"user-agent", b"x")],
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return int(sent[0]["status"]), scope
+
+    status, scope = asyncio.run(call("POST", "/api/event"))
+    assert status == 202 and seen == ["198.51.100.7"] and "app" not in scope
+    status, scope = asyncio.run(call("GET", "/api/event"))
+    assert status == 404 and scope.get("app") is app and len(seen) == 1  # no GET route

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 
+import iptocc
 import pytest
 from crawlerdetect import CrawlerDetect
 from crawlerdetect.providers.crawlers import data as CRAWLER_PATTERNS
@@ -17,6 +19,7 @@ from engine.enrich import (
     UserAgentInfo,
     clean_referrer,
     country_of,
+    referrer_and_source,
     source_of,
 )
 from engine.enrich.bots import _RustCrawlerMatcher, crawler_matcher
@@ -189,6 +192,34 @@ def test_country_is_two_uppercase_letters_or_empty(ip: str) -> None:
     assert code == "" or (len(code) == 2 and code.isalpha() and code.isupper())
 
 
+def reference_country(ip: str) -> str:
+    """country_of as it was before its IPv4 fast path: ipaddress's parser only."""
+    try:
+        addr = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if not addr.is_global:
+        return ""
+    code = iptocc.country_code(str(addr))
+    if not code or len(code) != 2 or not code.isalpha() or code.upper() == "ZZ":
+        return ""
+    return code.upper()
+
+
+@given(
+    st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
+    | st.ip_addresses().map(str)
+    | st.from_regex(r"\A *[0-9]{1,4}(\.[0-9]{1,4}){0,4} *\Z")
+    | st.text(alphabet="0123456789.:xabf \x00", max_size=24)
+    | st.text(max_size=40)
+)
+@settings(max_examples=2000)
+def test_country_fast_path_agrees_with_ipaddress(ip: str) -> None:
+    assert country_of(ip) == reference_country(ip)
+
+
 # --- referrer and source --------------------------------------------------------------------
 
 
@@ -214,6 +245,19 @@ def test_country_is_two_uppercase_letters_or_empty(ip: str) -> None:
 )
 def test_clean_referrer(referrer: str, page_host: str, expected: str) -> None:
     assert clean_referrer(referrer, page_host) == expected
+
+
+@given(
+    st.sampled_from(["", "https://www.google.com/", "http://t.co/x", "https://example.com/a"])
+    | st.text(max_size=60),
+    st.sampled_from(["example.com", "www.example.com", ""]),
+    st.sampled_from(["", "google", "news.ycombinator.com", "Newsletter"]) | st.text(max_size=10),
+)
+def test_cached_referrer_and_source_agree(referrer: str, page_host: str, utm: str) -> None:
+    clean = clean_referrer(referrer, page_host)
+    expected = (clean, source_of(utm, clean))
+    assert referrer_and_source(referrer, page_host, utm) == expected
+    assert referrer_and_source(referrer, page_host, utm) == expected  # from the cache
 
 
 @settings(max_examples=300)

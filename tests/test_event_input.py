@@ -467,3 +467,42 @@ def test_valid_urls_parse_with_page_starting_with_slash(url: str, domain: str | 
     assert event.page.startswith("/")
     assert event.hostname and not event.hostname.startswith("www.")
     assert event.domains and all(d == d.strip().lower() and d for d in event.domains)
+
+
+# --- the URL parse cache --------------------------------------------------------------------
+
+
+@given(
+    st.sampled_from(["https://a.test/p?utm_source=x", "http://www.a.test./", "ftp://a.test/"])
+    | st.builds(lambda rest: "https://" + rest, st.text(max_size=40))
+    | st.text(max_size=40),
+    st.sampled_from([None, "a.test", "A.test, b.test,a.test"]),
+)
+def test_cached_url_parse_gives_the_same_answer(url: str, domain: str | None) -> None:
+    from engine.event_input import _domains, _parse_url
+
+    body = {"n": "pageview", "u": url, "d": domain}
+
+    def outcome() -> Any:
+        try:
+            return parse_event_body(body)
+        except InputError as error:
+            return error.errors
+
+    first = outcome()
+    _parse_url.cache_clear()
+    _domains.cache_clear()
+    assert outcome() == first  # parsed afresh
+    assert outcome() == first  # from the cache
+
+
+def test_over_long_url_messages() -> None:
+    for url, message in [
+        ("https://a.test/" + "x" * 2000, "must be at most 2000 bytes"),
+        ("https://a.test/" + "\ud800" * 2000, "must be a string"),
+        ("https://a.test/" + "é" * 1000, "must be at most 2000 bytes"),  # 2,000 chars, more bytes
+        ("https://a.test/\ud800", "must be a string"),
+    ]:
+        with pytest.raises(InputError) as error:
+            parse_event_body({"n": "pageview", "u": url})
+        assert error.value.errors == {"url": [message]}

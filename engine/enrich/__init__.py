@@ -2,7 +2,7 @@
 
 from engine.enrich.bots import BotDetector
 from engine.enrich.geo import country_of
-from engine.enrich.source import clean_referrer, source_of
+from engine.enrich.source import clean_referrer, referrer_and_source, source_of
 from engine.enrich.useragent import UserAgentClassifier, UserAgentInfo
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "UserAgentInfo",
     "clean_referrer",
     "country_of",
+    "referrer_and_source",
     "source_of",
 ]
