@@ -2,6 +2,7 @@
 
     python -m loadtest.query_bench [--pageviews 10000000] [--rounds 50] [--days 30]
     python -m loadtest.query_bench --growth [--growth-pageviews-per-day 100000]
+    python -m loadtest.query_bench --reuse DIR --growth-reuse DIR  # stores built by earlier runs
 
 One data set (loadtest/query_data.py: generated in ClickHouse, proven equal to what the engine
 makes of the same hits) fills a scratch store. Three processes open it, one after another, since
@@ -521,11 +522,19 @@ def run_queries(
 
 
 def run_growth(
-    pageviews_per_day: int, rounds: int, log: Callable[[str], None] = print
+    pageviews_per_day: int,
+    rounds: int,
+    log: Callable[[str], None] = print,
+    reuse: Path | None = None,
 ) -> dict[str, Any]:
     days = 365
     last_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    data_dir = Path(tempfile.mkdtemp(prefix="rollup-growth-bench-"))
+    data_dir = reuse or Path(tempfile.mkdtemp(prefix="rollup-growth-bench-"))
+    if reuse is not None:
+        # A store built earlier by this script (its build record saved next to it).
+        build = json.loads((reuse / "build.json").read_text())
+        last_day = dt.date.fromisoformat(build["last_day"])
+        pageviews_per_day = int(build.get("pageviews_per_day", pageviews_per_day))
     common = {
         "pageviews": pageviews_per_day * days,
         "days": days,
@@ -533,8 +542,11 @@ def run_growth(
         "data_dir": str(data_dir),
     }
     ds = _dataset(common)
-    log(f"building {pageviews_per_day:,} pageviews a day over {days} days in {data_dir} ...")
-    build = _child("build", {**common, "verify": False})
+    if reuse is None:
+        log(f"building {pageviews_per_day:,} pageviews a day over {days} days in {data_dir} ...")
+        build = _child("build", {**common, "verify": False})
+        record = {**build, "last_day": str(last_day), "pageviews_per_day": pageviews_per_day}
+        (data_dir / "build.json").write_text(json.dumps(record))
     log(f"built in {build['build_seconds']} s")
     spans = [1, 30, 365]
     runs = []
@@ -640,7 +652,9 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
         (RESULTS / "queries.json").write_text(json.dumps(result, indent=2))
         chart(result, RESULTS / "queries.png")
     if args.growth or args.growth_only:
-        growth = run_growth(args.growth_pageviews_per_day, args.growth_rounds)
+        growth = run_growth(
+            args.growth_pageviews_per_day, args.growth_rounds, reuse=args.growth_reuse
+        )
         print_table(growth)
         (RESULTS / "growth_days.json").write_text(json.dumps(growth, indent=2))
         result["growth"] = growth
@@ -658,6 +672,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--growth-only", action="store_true")
     p.add_argument("--growth-pageviews-per-day", type=int, default=50_000)
     p.add_argument("--growth-rounds", type=int, default=10)
+    p.add_argument("--growth-reuse", type=Path, help="a growth data directory built earlier")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--stage-args", help=argparse.SUPPRESS)
     p.add_argument("--stage-out", help=argparse.SUPPRESS)

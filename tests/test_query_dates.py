@@ -13,6 +13,8 @@ from engine.errors import QueryError
 from engine.query.dates import (
     PERIODS,
     DateRange,
+    DayLevel,
+    day_cover,
     granularity,
     is_aligned,
     is_day_boundary,
@@ -253,3 +255,42 @@ def test_every_period_is_a_well_formed_range(
     # the echo form, given back as a custom range, means the same range
     again = resolve_date_range((start_echo, end_echo), tz, now.replace(tzinfo=UTC), None)
     assert (again.start, again.end) == (dr.start, dr.end)
+
+
+@settings(max_examples=300)
+@given(
+    first=st.dates(min_value=date(2020, 1, 1), max_value=date(2030, 1, 1)),
+    days=st.integers(min_value=0, max_value=800),
+    levels=st.sampled_from([(), ("week",), ("month",), ("month", "week")]),
+)
+def test_day_cover_spans_every_date_once(
+    first: date, days: int, levels: tuple[DayLevel, ...]
+) -> None:
+    end = first + timedelta(days=days)
+    spans = day_cover(first, end, levels)
+    covered: list[date] = []
+    for level, a, b in spans:
+        assert a < b
+        assert level == "day" or level in levels
+        if level == "week":
+            assert a.weekday() == 0 and (b - a).days % 7 == 0
+        if level == "month":
+            assert a.day == 1 and b.day == 1
+        covered += [a + timedelta(days=i) for i in range((b - a).days)]
+    assert covered == [first + timedelta(days=i) for i in range(days)]
+    # Days only at the edges: no whole week of the range is read day by day.
+    for level, a, b in spans:
+        if level == "day" and "week" in levels:
+            monday = a + timedelta(days=(7 - a.weekday()) % 7)
+            assert monday + timedelta(days=7) > b
+
+
+def test_day_cover_of_a_year_and_of_thirty_days() -> None:
+    assert day_cover(date(2026, 10, 28), date(2026, 11, 27)) == [
+        ("day", date(2026, 10, 28), date(2026, 11, 2)),
+        ("week", date(2026, 11, 2), date(2026, 11, 23)),
+        ("day", date(2026, 11, 23), date(2026, 11, 27)),
+    ]
+    spans = day_cover(date(2025, 11, 27), date(2026, 11, 27))
+    assert [level for level, _, _ in spans] == ["day", "month", "day", "week", "day"]
+    assert day_cover(date(2026, 3, 4), date(2026, 3, 4)) == []

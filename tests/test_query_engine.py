@@ -13,12 +13,14 @@ from engine.query import plan_query
 from tests.query_helpers import (
     BIG_SITE,
     NOW,
+    RANKED_SITE,
     SITES,
     Hit,
     assert_results_match,
     first_day,
     generate_big_site,
     generate_hits,
+    generate_ranked_site,
     open_store,
     oracle,
     plans_for_every_table,
@@ -32,7 +34,7 @@ Store = tuple[Any, dict[str, list[Hit]]]  # client, hits by site
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    hits = generate_hits() + generate_big_site()
+    hits = generate_hits() + generate_big_site() + generate_ranked_site()
     started = time.perf_counter()
     client = open_store(tmp_path_factory.mktemp("query_engine") / "ch", hits)
     print(f"chDB store with {len(hits)} hits ready in {time.perf_counter() - started:.2f}s")
@@ -361,3 +363,47 @@ def test_timing_of_a_typical_query(store: Store) -> None:
         started = time.perf_counter()
         run(client, plan)
         print(f"{table}: {1000 * (time.perf_counter() - started):.1f} ms")
+
+
+@pytest.mark.parametrize(
+    "pagination", [{"limit": 1}, {"limit": 2, "offset": 1}, {"limit": 3, "offset": 4}], ids=str
+)
+@pytest.mark.parametrize("dimension", ["event:page", "event:name", "event:hostname"])
+def test_ranking_by_visitors_from_the_top_candidates(
+    store: Store, dimension: str, pagination: dict[str, int]
+) -> None:
+    """Few visitors per value and a flat ranking: the narrowed page cannot prove itself and
+    the full statement answers (run's recheck)."""
+    body = {
+        "site_id": "utc.test",
+        "metrics": ["visitors", "pageviews", "percentage"],
+        "date_range": "12mo",
+        "dimensions": [dimension],
+        "pagination": pagination,
+        "include": {"total_rows": True},
+    }
+    check(store, body)
+
+
+@pytest.mark.parametrize("offset", [0, 3, 30])
+@pytest.mark.parametrize("date_range", ["28d", "30d", ["2026-10-19", "2026-11-08"]], ids=str)
+def test_ranking_by_visitors_proves_the_page_from_the_top_candidates(
+    store: Store, offset: int, date_range: Any
+) -> None:
+    client, _ = store
+    body = {
+        "site_id": RANKED_SITE,
+        "metrics": ["visitors", "pageviews"],
+        "date_range": date_range,
+        "dimensions": ["event:page"],
+        "pagination": {"limit": 3, "offset": offset},
+    }
+    check(store, body)
+    plan = plan_query(body, timezone="UTC", now=NOW, first_day=None)
+    assert plan.table == "rollup_day" and plan.narrowed
+    rows = [client.query(s.sql, parameters=s.params).result_rows for s in plan.statements]
+    if offset < 30:
+        assert plan.recheck(rows) == {}  # proven: the candidates' sketches only
+        assert [r[0] for r in rows[0]] == [f"/p{i}" for i in range(offset, offset + 3)]
+    else:  # deep in the tail the counts are close: the full statement answers (check above)
+        assert plan.recheck(rows) == {0: plan.narrowed[0].full}

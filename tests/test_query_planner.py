@@ -6,8 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.query import plan_query, sql
+from engine.query.planner import CANDIDATES, SKETCH_SLACK
 from tests.query_helpers import inlined
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
@@ -264,3 +267,99 @@ def test_vitals_render_rounded_and_null_without_samples() -> None:
     out = p.render([[("/a", 3, 2499.5, 80.4, 0.12345), ("/b", 1, float("nan"), 0.0, None)]])
     assert [r["metrics"] for r in out["results"]] == [[3, 2500, 0.123, 80], [1, None, None, 0]]
     assert all(isinstance(r["metrics"][1], int | None) for r in out["results"])
+
+
+# --- long ranges and rankings ---------------------------------------------------------------
+
+
+def test_long_ranges_read_whole_months_and_weeks_from_their_levels() -> None:
+    p = plan(date_range=["2025-11-27", "2026-11-26"], dimensions=["visit:source"])
+    sql = inlined(p.statements[0])
+    assert p.table == "rollup_day"  # the resolution: local days
+    assert "FROM rollup_month WHERE" in sql and "FROM rollup_week WHERE" in sql
+    assert "(month >= '2025-12-01' AND month < '2026-11-01')" in sql
+    assert "(week >= '2026-11-02' AND week < '2026-11-23')" in sql
+    assert "(day >= '2025-11-27' AND day < '2025-12-01')" in sql
+    # Buckets of days read days; weeks may straddle months; a short range reads days.
+    assert "rollup_week" not in plan(date_range="30d", dimensions=["time:day"]).statements[0].sql
+    by_month = plan(date_range="12mo", dimensions=["time:month"]).statements[0].sql
+    assert "rollup_month" in by_month and "rollup_week" not in by_month
+    assert "rollup_month" not in plan(date_range="12mo", dimensions=["time:week"]).statements[0].sql
+    assert "UNION ALL" not in plan(date_range=["2026-11-03", "2026-11-08"]).statements[0].sql
+
+
+def test_ranking_by_visitors_merges_the_sketches_of_the_top_candidates_only() -> None:
+    p = plan(dimensions=["event:page"], pagination={"limit": 10, "offset": 20})
+    (narrowed,) = p.narrowed
+    assert narrowed.index == 0 and narrowed.limit == 10 and narrowed.visitors_at == 1
+    sql = inlined(p.statements[0])
+    assert "ORDER BY u DESC, d0 ASC LIMIT 36)" in sql  # offset + limit + 5, and the next one
+    assert "ranked[36].2 AS bound_outside" in sql
+    assert "arraySlice(ranked, 1, 35)" in sql
+    assert narrowed.full.sql.endswith("ORDER BY m_visitors DESC, d0 ASC LIMIT 10 OFFSET 20")
+    assert "ranked" not in narrowed.full.sql
+    # Not for visit dimensions (every event of a visit repeats the value: a loose bound),
+    # an ascending or time order, the events table, or sessions.
+    assert not plan(dimensions=["visit:source"]).narrowed
+    assert not plan(dimensions=["event:page"], order_by=[["visitors", "asc"]]).narrowed
+    assert not plan(dimensions=["event:page", "time:day"]).narrowed
+    assert not plan(dimensions=["event:props:plan"]).narrowed
+    assert not plan(dimensions=["visit:entry_page"]).narrowed
+    assert not plan(metrics=["visitors", "visits"], dimensions=["event:page"]).narrowed
+
+
+def test_a_cheap_order_finds_its_page_before_merging_sketches() -> None:
+    sql = inlined(
+        plan(metrics=["pageviews", "visitors"], dimensions=["visit:country"]).statements[0]
+    )
+    assert " IN (SELECT d0 FROM (SELECT if(value = '', '(not set)', value) AS d0, " in sql
+    assert "ORDER BY m_pageviews DESC, d0 ASC LIMIT 10000)" in sql
+
+
+def test_recheck_keeps_a_proven_page_and_reruns_the_others() -> None:
+    p = plan(dimensions=["event:page"], pagination={"limit": 2})
+    full = p.narrowed[0].full
+    # Outside the candidates at most 80 events: 9/8 * 80 = 90 < 100 visitors on the page.
+    rows = [[("/", 300, 80), ("/a", 100, 80)]]
+    assert p.recheck(rows) == {}
+    assert rows == [[("/", 300), ("/a", 100)]]
+    # 9/8 * 89 >= 100: a group left out might outrank the last row.
+    rows = [[("/", 300, 89), ("/a", 100, 89)]]
+    assert p.recheck(rows) == {0: full}
+    # A page not full with groups left out; none left out; no rows at all.
+    assert p.recheck([[("/", 300, 1)]]) == {0: full}
+    assert p.recheck([[("/", 300, 0)]]) == {}
+    assert p.recheck([[]]) == {}
+
+
+@settings(max_examples=400)
+@given(
+    groups=st.lists(st.tuples(st.integers(0, 60), st.floats(0.0, 1.0)), max_size=40),
+    limit=st.integers(1, 6),
+    offset=st.integers(0, 8),
+)
+def test_a_proven_narrowed_page_is_the_page_of_every_group(
+    groups: list[tuple[int, float]], limit: int, offset: int
+) -> None:
+    """Groups with counted events (the bound, falling off with the rank as on real sites, so
+    that pages are often proven) and a visitors estimate anywhere up to SKETCH_SLACK times it:
+    whenever recheck keeps the narrowed rows, they are the rows the full ranking gives (most
+    visitors first, then the label), ties included."""
+    p = plan(dimensions=["event:page"], pagination={"limit": limit, "offset": offset})
+    num, den = SKETCH_SLACK
+    # (label, bound, estimate); estimates collide often, so ties are exercised.
+    rows = []
+    for i, (extra, f) in enumerate(groups):
+        bound = 400 // (i + 1) + extra
+        rows.append((f"/{i}", bound, int(bound * num / den * f)))
+    by_bound = sorted(rows, key=lambda r: (-r[1], r[0]))
+    taken = offset + limit + CANDIDATES
+    outside = by_bound[taken][1] if len(by_bound) > taken else 0
+
+    def page(of: list[tuple[str, int, int]]) -> list[tuple[str, int]]:
+        ranked = sorted(of, key=lambda r: (-r[2], r[0]))
+        return [(label, est) for label, _, est in ranked[offset : offset + limit]]
+
+    narrowed = [[(*row, outside) for row in page(by_bound[:taken])]]
+    if not p.recheck(narrowed):
+        assert narrowed == [page(rows)]

@@ -16,11 +16,12 @@ from engine.store.schema import SHARDING_KEYS, cluster_client_settings, ddl
 # sha256 of the single-node statements: a change here changes what every existing deployment
 # runs at start. Changed deliberately once since the cluster mode: issue 8 added the vitals
 # columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades);
-# issue 5 added the session_hour rollup.
+# issue 5 added the session_hour rollup, then the week and month levels and small granules for
+# the day and coarser levels (an existing rollup_day is rebuilt with them: Store.migrate).
 SINGLE_NODE_SHA256 = {
-    90: "64958a4dbd73def3d4b64df3561fc6a1b7bbee9032898544d6ca93c5c29d7ef5",
-    1: "8c65e1161b5c77c1d76524c7b0fe138b5b986b84f9b438516135c4020093fad6",
-    400: "cb7cc3a811247b8ead786819f88ffa5506e2a2bd1d8d5acbade4dcbd6dbfcee4",
+    90: "232af9bf205865df80af0fb49ff52af12b5bc2ca9a338a4cc0e55e8389c4c97f",
+    1: "6393e2436fca5113f9c94827247a1fdd80559505f785737a10179b7529e3b810",
+    400: "21ecdfd7f081c1c8cae03247691c0eecaab0fce18da9b33e23c81a3aa5c828bb",
 }
 TABLES = (
     "events",
@@ -29,6 +30,8 @@ TABLES = (
     "rollup_minute",
     "rollup_hour",
     "rollup_day",
+    "rollup_week",
+    "rollup_month",
     "session_hour",
 )
 
@@ -83,7 +86,7 @@ def test_cluster_ddl_replicates_and_distributes_every_table() -> None:
     assert "ORDER BY (site, dim, day, value)" in create_of(cluster, "rollup_day_local")
     # The vitals columns (issue 8) are carried over like every other column.
     assert "lcp Array(Float32) DEFAULT []" in create_of(cluster, "rollup_log_local")
-    for level in ("rollup_minute", "rollup_hour", "rollup_day"):
+    for level in ("rollup_minute", "rollup_hour", "rollup_day", "rollup_week", "rollup_month"):
         local = create_of(cluster, f"{level}_local")
         for vital in ("ttfb", "fcp", "lcp", "inp", "cls"):
             assert f"{vital} AggregateFunction(quantileDD(0.005, 0.75), Float64)" in local
@@ -92,7 +95,14 @@ def test_cluster_ddl_replicates_and_distributes_every_table() -> None:
 def test_rows_that_merge_share_a_shard() -> None:
     # Rows ClickHouse folds together (the ORDER BY key) must hash to one shard.
     cluster = ddl(90, "c")
-    for table in ("sessions", "rollup_minute", "rollup_hour", "rollup_day"):
+    for table in (
+        "sessions",
+        "rollup_minute",
+        "rollup_hour",
+        "rollup_day",
+        "rollup_week",
+        "rollup_month",
+    ):
         order = re.search(r"ORDER BY (.*)", create_of(cluster, f"{table}_local"))
         assert order is not None
         key_columns = set(re.findall(r"\w+", SHARDING_KEYS[table])) - {"cityHash64"}

@@ -16,6 +16,7 @@ from config import load_settings
 from engine.hits import Hit
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from engine.store.client import Store
+from engine.store.schema import LEVEL_GRANULARITY, ddl
 from engine.store.writer import StoreWriter
 
 
@@ -164,3 +165,52 @@ async def test_vitals_reach_every_level_as_mergeable_sketches(store: Store) -> N
             assert abs(cls - 0.1) < 0.001 and events == 120
     # Migrating again (e.g. a store made before these columns) is a no-op.
     store.migrate()
+
+
+async def test_an_older_store_gets_the_coarse_levels_and_small_granules(store: Store) -> None:
+    """A store made before the week and month levels (its log may have dropped old days) and
+    with ClickHouse's default granules: migrate rebuilds rollup_day, the writer fills week and
+    month from it, and from then on every level takes each message exactly once."""
+    now = time.time()
+    writer = StoreWriter(store._settings, store)
+    await writer.reload_applied()
+    first = [output(0, o, [hit(f"/{o}", o % 4, now)]) for o in range(6)]
+    await writer._apply(FakeConsumer(), records(first))  # type: ignore[arg-type]
+    # Make it an older store.
+    (create,) = [s for s in ddl() if "IF NOT EXISTS rollup_day (" in s]
+    old = create.replace("IF NOT EXISTS rollup_day (", "rollup_day_old (")
+    store.command_sync(old.split(" SETTINGS ")[0])
+    store.command_sync("INSERT INTO rollup_day_old SELECT * FROM rollup_day")
+    store.command_sync("EXCHANGE TABLES rollup_day AND rollup_day_old")
+    store.command_sync("DROP TABLE rollup_day_old")
+    for table in ("rollup_week", "rollup_month"):
+        store.command_sync(f"DROP TABLE {table}")
+
+    def granularity(table: str) -> str:
+        ((engine,),) = store.query_sync(
+            f"SELECT engine_full FROM system.tables WHERE name = '{table}'"
+        )
+        return str(engine).split("index_granularity = ")[1].split(",")[0]
+
+    assert granularity("rollup_day") == "8192"
+    store.migrate()
+    assert granularity("rollup_day") == granularity("rollup_week") == str(LEVEL_GRANULARITY)
+    restarted = StoreWriter(store._settings, store)
+    await restarted.reload_applied()
+
+    def levels() -> list[tuple[Any, ...]]:
+        return [
+            store.query_sync(
+                f"SELECT sum(pageviews), uniqCombined64Merge(visitors), max(src_offset) FROM {t}"
+                " WHERE dim = 'event:page'"
+            )[0]
+            for t in ("rollup_minute", "rollup_day", "rollup_week", "rollup_month")
+        ]
+
+    assert levels() == [(6, 4, 5)] * 4
+    # Replays of the first messages and new ones: each counted once at every level.
+    again = [*first[3:], *(output(0, o, [hit(f"/{o}", o, now)]) for o in range(6, 9))]
+    await restarted._apply(FakeConsumer(), records(again))  # type: ignore[arg-type]
+    assert levels() == [(9, 7, 8)] * 4
+    store.migrate()  # nothing left to rebuild
+    assert levels() == [(9, 7, 8)] * 4

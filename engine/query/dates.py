@@ -276,3 +276,40 @@ def time_labels(dr: DateRange, gran: Granularity) -> list[str]:
         labels[day_label(day, gran)] = None
         day += timedelta(days=1)
     return list(labels)
+
+
+DayLevel: TypeAlias = Literal["day", "week", "month"]
+
+
+def day_cover(
+    first: date, end: date, levels: tuple[DayLevel, ...] = ("month", "week")
+) -> list[tuple[DayLevel, date, date]]:
+    """[first, end) of local dates as (level, first, end) spans: the whole calendar months
+    inside it (when "month" is in `levels`), then the whole weeks from Monday inside what is
+    left (when "week" is), then single days; in date order. Each date is in exactly one span."""
+    spans: list[tuple[DayLevel, date, date]] = [("day", first, end)] if first < end else []
+    coarse: tuple[DayLevel, ...] = ("month", "week")
+    for level in coarse:
+        if level not in levels:
+            continue
+        out: list[tuple[DayLevel, date, date]] = []
+        for kind, a, b in spans:
+            if kind != "day":
+                out.append((kind, a, b))
+                continue
+            if level == "month":
+                lo = a if a.day == 1 else _add_months(a, 1)
+                hi = b.replace(day=1)
+            else:
+                lo = a + timedelta(days=(7 - a.weekday()) % 7)
+                hi = b - timedelta(days=b.weekday())
+            if lo >= hi:
+                out.append((kind, a, b))
+                continue
+            if a < lo:
+                out.append(("day", a, lo))
+            out.append((level, lo, hi))
+            if hi < b:
+                out.append(("day", hi, b))
+        spans = out
+    return spans

@@ -9,7 +9,9 @@ dimension `dim` had `value` (dim '' is the per-site total). It answers a query e
 at most one non-time dimension appears across dimensions and filters (then every counted hit
 lies in exactly one of that dimension's rows) and the range and time buckets fit its level:
 
-- rollup_day: start and end are local day boundaries; time buckets day, week or month.
+- rollup_day: start and end are local day boundaries; time buckets day, week or month. This is
+  the day resolution: whole local months and weeks inside the range are read from rollup_month
+  and rollup_week (when the time buckets allow), the rest from rollup_day.
 - rollup_hour: start and end are whole UTC hours; no minute buckets; with time buckets, the
   site's UTC offset is a whole number of hours over the range (or local buckets would split
   a UTC hour).
@@ -17,6 +19,9 @@ lies in exactly one of that dimension's rows) and the range and time buckets fit
 - events: everything else (event:props:*, two or more dimensions, ranges to the second).
 
 Preference: day > hour > minute > events.
+
+Ranking a rollup's event dimension by visitors merges the sketches of the likely top groups
+only and proves the page, or falls back to the full ranking (Narrowed, QueryPlan.recheck).
 
 Which tables a query reads (`QueryPlan.table`, echoed as `meta.table`):
 - event metrics only: the cheapest event table, e.g. "rollup_day".
@@ -46,10 +51,13 @@ from engine.dimensions import (
     empty_label,
 )
 from engine.errors import QueryError
+from engine.hits import VITALS
 from engine.query import sessions, sql
 from engine.query.dates import (
     DateRange,
+    DayLevel,
     Granularity,
+    day_cover,
     granularity,
     is_aligned,
     is_day_boundary,
@@ -67,13 +75,20 @@ from engine.query.model import (
     Direction,
     Query,
     filter_dimensions,
+    is_event_dimension,
     is_props,
     parse_query,
     prop_key,
 )
 from engine.query.render import render
 from engine.query.sql import Params, Statement
-from engine.store.schema import SESSION_ROLLUP, SESSION_ROLLUP_COLUMNS, VITALS_SKETCH_PARAMS
+from engine.store.schema import (
+    LEVEL_COLUMNS,
+    ROLLUP_LEVELS,
+    SESSION_ROLLUP,
+    SESSION_ROLLUP_COLUMNS,
+    VITALS_SKETCH_PARAMS,
+)
 
 TABLES: Final[tuple[str, ...]] = (
     "rollup_day",
@@ -121,6 +136,13 @@ _TIME_COLUMN: Final[dict[str, str]] = {
 _SESSION_ROLLUP_AGGREGATES: Final[dict[str, str]] = {
     c: f"sum({c})" for c in ("pageviews", "events", "visits", "bounces", "duration")
 }
+# Metrics whose columns cost little to aggregate (sums), unlike sketch merges.
+CHEAP_COLUMNS: Final[tuple[str, ...]] = ("pageviews", "events")
+# Ranking by visitors: the groups with the most counted events past the page's end whose
+# sketches are merged too, and how far a sketch's estimate may exceed the true count
+# (num/den; see Narrowed).
+CANDIDATES: Final[int] = 5
+SKETCH_SLACK: Final[tuple[int, int]] = (9, 8)
 _SQL_FORMAT: Final[dict[str, str]] = {"minute": "%Y-%m-%d %H:%i:00", "hour": "%Y-%m-%d %H:00:00"}
 
 
@@ -137,6 +159,24 @@ class Part:
 
 
 @dataclass(frozen=True)
+class Narrowed:
+    """A statement ranking by visitors that merged the sketches of some groups only: those
+    with the largest bound (counted events, an exact upper bound of a group's visitors), as
+    many as the page's end plus CANDIDATES. Its rows end with `bound_outside`, the largest
+    bound of the groups left out (0: none). Every group left out has at most that many
+    visitors, and an estimate of at most SKETCH_SLACK times that (the sketch is exact below
+    4,096 values; above, SKETCH_SLACK is over 40 standard errors of uniqCombined64). So when
+    the page is full and its last row's visitors exceed that, no group left out could be on
+    the page, and the page is exactly the one of all groups; otherwise `full` (the statement
+    merging every group) is run instead (QueryPlan.recheck)."""
+
+    index: int  # in QueryPlan.statements
+    full: Statement
+    limit: int
+    visitors_at: int  # the visitors column in a row
+
+
+@dataclass(frozen=True)
 class QueryPlan:
     site_id: str
     table: str  # the table(s) read, as `meta.table` shows them
@@ -149,6 +189,22 @@ class QueryPlan:
     parts: tuple[Part, ...]  # one per table read
     merged: bool = False  # two parts: join, order and paginate their rows in render
     labels: list[str] | None = None  # include.time_labels
+    narrowed: tuple[Narrowed, ...] = ()
+
+    def recheck(self, rows_per_statement: list[list[tuple[Any, ...]]]) -> dict[int, Statement]:
+        """After running `statements`: the statements to run again (index -> statement) and
+        put their rows in place of the first ones before `render`. Takes the proof column
+        off the rows of narrowed statements (in place)."""
+        again: dict[int, Statement] = {}
+        num, den = SKETCH_SLACK
+        for n in self.narrowed:
+            rows = rows_per_statement[n.index]
+            outside = int(rows[0][-1]) if rows else 0
+            rows_per_statement[n.index] = [tuple(r[:-1]) for r in rows]
+            full_page = len(rows) == n.limit
+            if outside and not (full_page and num * outside < den * rows[-1][n.visitors_at]):
+                again[n.index] = n.full
+        return again
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -206,6 +262,7 @@ def plan_query(
     paginate = not merged
     statements: list[Statement] = []
     parts: list[Part] = []
+    narrowed: list[Narrowed] = []
     if table == sessions.TABLE:
         parts.append(
             _session_part(
@@ -219,6 +276,13 @@ def plan_query(
         columns = tuple(m for m in (*BASE_METRICS, *VITAL_METRICS) if m in wanted)
         main_index = len(statements)
         statements.append(select.main(columns, order, paginate=paginate))
+        by_visitors = select.by_visitors_narrowed(columns, order) if paginate else None
+        if by_visitors is not None:
+            visitors_at = len(query.dimensions) + columns.index("visitors")
+            narrowed.append(
+                Narrowed(main_index, statements[main_index], int(query.limit), visitors_at)
+            )
+            statements[main_index] = by_visitors
         total_index = count_index = None
         if "percentage" in event_metrics:
             total_index = len(statements)
@@ -247,6 +311,7 @@ def plan_query(
         parts=tuple(parts),
         merged=merged,
         labels=time_labels(dr, gran) if query.time_labels and gran else None,
+        narrowed=tuple(narrowed),
     )
 
 
@@ -355,6 +420,8 @@ class _Select:
         aggregates: Mapping[str, str],
         order_expression: Mapping[str, str],
         having: str | None = None,
+        bound: str | None = None,
+        tight: bool = False,
     ) -> None:
         self.query = query
         self.params = params  # of every placeholder in the pieces below
@@ -364,6 +431,13 @@ class _Select:
         self.aggregates = aggregates  # internal column -> aggregate
         self.order_expression = order_expression  # metric -> ORDER BY expression of m_* aliases
         self.having = having  # which groups to keep, when grouped
+        # An exact upper bound of a group's visitors from cheap columns (a rollup's counted
+        # events: every visitor counted had one), which lets `main` skip groups that cannot
+        # reach the page asked for without merging their unique-count sketches.
+        self.bound = bound
+        # The bound is close to the visitors (an event dimension: a visitor's events under one
+        # value are few), worth ranking by before merging sketches (by_visitors_narrowed).
+        self.tight = tight
 
     def _group_by(self) -> str:
         if not self.labels:
@@ -379,18 +453,79 @@ class _Select:
     ) -> Statement:
         """The rows; ordered and paginated in SQL unless `paginate` is False."""
         parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
-        stmt = f"SELECT {', '.join(parts)} FROM {self.source} WHERE {self.where}{self._group_by()}"
+        where = self.where
+        if paginate:
+            narrowed = self._narrowed(columns, order)
+            if narrowed is not None:
+                where = f"{where} AND {narrowed}"
+        stmt = f"SELECT {', '.join(parts)} FROM {self.source} WHERE {where}{self._group_by()}"
         if not self.labels or not paginate:
             return self.params.statement(stmt)
+        order_by = self._order_by(order, self.order_expression)
+        return self.params.statement(
+            f"{stmt} {order_by} LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
+        )
+
+    def _order_by(self, order: list[tuple[str, Direction]], metric: Mapping[str, str]) -> str:
+        """ORDER BY the order keys, then the remaining dimensions ascending (aliases d0...)."""
         dims = self.query.dimensions
         keys: list[str] = []
         for name, direction in order:
-            expr = f"d{dims.index(name)}" if name in dims else self.order_expression[name]
+            expr = f"d{dims.index(name)}" if name in dims else metric[name]
             keys.append(f"{expr} {direction.upper()}")
         named = {n for n, _ in order}
         keys += [f"d{i} ASC" for i, d in enumerate(dims) if d not in named]
+        return f"ORDER BY {', '.join(keys)}"
+
+    def _narrowed(self, columns: tuple[str, ...], order: list[tuple[str, Direction]]) -> str | None:
+        """Ordered by exact columns only (the dimension, pageviews, events): a condition keeping
+        the groups of the page asked for, found before any sketch is merged; else None."""
+        if self.bound is None or len(self.labels) != 1 or self.query.time_dimension:
+            return None
+        if all(c in CHEAP_COLUMNS for c in columns) or not order:
+            return None
+        if not all(name in self.query.dimensions or name in CHEAP_COLUMNS for name, _ in order):
+            return None
+        (label,) = self.labels
+        having = f" HAVING {self.having}" if self.having else ""
+        cheap = ", ".join(f"{self.aggregates[c]} AS m_{c}" for c in CHEAP_COLUMNS)
+        ranked = (
+            f"SELECT {label} AS d0, {cheap} FROM {self.source} WHERE {self.where}"
+            f" GROUP BY d0{having} {self._order_by(order, _EVENT_ORDER)}"
+            f" LIMIT {int(self.query.offset) + int(self.query.limit)}"
+        )
+        return f"{label} IN (SELECT d0 FROM ({ranked}))"
+
+    def by_visitors_narrowed(
+        self, columns: tuple[str, ...], order: list[tuple[str, Direction]]
+    ) -> Statement | None:
+        """Most visitors first, one dimension whose bound is tight: the page from the groups
+        with the largest bounds only, each row ending with the largest bound of the groups
+        left out (see Narrowed for what that proves). None when this does not apply."""
+        if not self.tight or self.bound is None or len(self.labels) != 1:
+            return None
+        if self.query.time_dimension or "visitors" not in columns or not order:
+            return None
+        first, direction = order[0]
+        if first not in ("visitors", "percentage") or direction != "desc":
+            return None
+        (label,) = self.labels
+        taken = int(self.query.offset) + int(self.query.limit) + CANDIDATES
+        having = f" HAVING {self.having}" if self.having else ""
+        # One scalar subquery, evaluated once: the `taken` groups with the largest bounds and,
+        # last, the next one (its bound is the largest of the groups left out; none: 0).
+        ranked = (
+            f"(SELECT groupArray((d0, u)) FROM (SELECT {label} AS d0, {self.bound} AS u"
+            f" FROM {self.source} WHERE {self.where} GROUP BY d0{having}"
+            f" ORDER BY u DESC, d0 ASC LIMIT {taken + 1}))"
+        )
+        parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
         return self.params.statement(
-            f"{stmt} ORDER BY {', '.join(keys)}"
+            f"WITH {ranked} AS ranked"
+            f" SELECT {', '.join(parts)}, ranked[{taken + 1}].2 AS bound_outside"
+            f" FROM {self.source} WHERE {self.where}"
+            f" AND has(arrayMap(r -> r.1, arraySlice(ranked, 1, {taken})), {label})"
+            f"{self._group_by()} {self._order_by(order, self.order_expression)}"
             f" LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
         )
 
@@ -412,6 +547,9 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
     conds = [f"site = {params.string(query.site_id)}"]
     column_of: ColumnOf
     having: str | None = None
+    bound: str | None = None
+    dim = TOTAL
+    source = table
     aggregates: dict[str, str]
     if table == "events":
         aggregates = {**_EVENT_AGGREGATES, **_EVENT_VITALS}
@@ -441,9 +579,14 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         plain = set(query.plain_dimensions) | filter_dimensions(query.filters)
         dim = next(iter(plain)) if plain else TOTAL
         conds.append(f"dim = {params.string(dim)}")
+        bound = "sum(events)"
         if table == "rollup_day":
-            conds.append(f"day >= {params.date(dr.local_start_date)}")
-            conds.append(f"day < {params.date(dr.local_end_date)}")
+            spans = day_cover(dr.local_start_date, dr.local_end_date, _COARSE_FOR.get(gran, ()))
+            if any(level != "day" for level, _, _ in spans):
+                source = _day_levels(spans, conds, params)
+            else:
+                conds.append(f"day >= {params.date(dr.local_start_date)}")
+                conds.append(f"day < {params.date(dr.local_end_date)}")
         else:
             col = _TIME_COLUMN[table]
             conds.append(f"{col} >= {params.datetime(dr.start)}")
@@ -456,9 +599,52 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
     if where is not None:
         conds.append(where)
     labels = _labels(query, dr, gran, table, column_of, params)
+    tight = bound is not None and dim != TOTAL and is_event_dimension(dim)
     return _Select(
-        query, params, table, " AND ".join(conds), labels, aggregates, _EVENT_ORDER, having
+        query,
+        params,
+        source,
+        " AND ".join(conds),
+        labels,
+        aggregates,
+        _EVENT_ORDER,
+        having,
+        bound,
+        tight,
     )
+
+
+# Which levels above the day may answer a day-resolution query, by its time buckets: a week
+# or month row lies in one bucket of these (a week may straddle two months).
+_COARSE_FOR: Final[dict[Granularity | None, tuple[DayLevel, ...]]] = {
+    None: ("month", "week"),
+    "week": ("week",),
+    "month": ("month",),
+}
+_ROLLUP_READ: Final[str] = ", ".join(
+    ("site", "dim", "value", "pageviews", "events", "visitors", *VITALS)
+)
+
+
+def _day_levels(spans: list[tuple[DayLevel, date, date]], conds: list[str], params: Params) -> str:
+    """The rows of rollup_day over local dates, reading whole months and weeks from their
+    levels (each row's bucket start as `day`): one row per month or week instead of one per
+    day, the same sketches merged (a union of the same visitor sets)."""
+    branches: list[str] = []
+    for level in ("month", "week", "day"):
+        ranges = [(a, b) for kind, a, b in spans if kind == level]
+        if not ranges:
+            continue
+        table = ROLLUP_LEVELS[level]
+        col = LEVEL_COLUMNS[table]
+        when = " OR ".join(
+            f"({col} >= {params.date(a)} AND {col} < {params.date(b)})" for a, b in ranges
+        )
+        branches.append(
+            f"SELECT {col} AS day, {_ROLLUP_READ} FROM {table}"
+            f" WHERE {' AND '.join(conds)} AND ({when})"
+        )
+    return "(" + " UNION ALL ".join(branches) + ")"
 
 
 def _labels(

@@ -24,7 +24,7 @@ from prometheus_client import Histogram
 
 from config import Settings
 from engine.errors import ComponentError
-from engine.store.schema import cluster_client_settings, ddl
+from engine.store.schema import cluster_client_settings, ddl, regranulate_sql
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +81,17 @@ class Store:
             self._settings.events_retention_days, self._settings.clickhouse_cluster
         ):
             self._client.command(statement)
+        if self._settings.embedded_clickhouse:
+            # This process owns the store (one process per chDB directory) and its writer has
+            # not started: a level made with larger granules can be rebuilt safely.
+            for table in ("rollup_day", "rollup_week", "rollup_month"):
+                engine = self.query_sync(
+                    "SELECT engine_full FROM system.tables WHERE database = currentDatabase() "
+                    f"AND name = '{table}'"
+                )
+                for statement in regranulate_sql(table, str(engine[0][0])):
+                    log.info("rebuilding %s with smaller granules: %s", table, statement[:60])
+                    self._client.command(statement)
 
     def close(self) -> None:
         if self._client is not None:

@@ -17,14 +17,32 @@ from engine.dimensions import TOTAL, VISIT_DIMENSIONS
 from engine.hits import VITALS
 
 ROLLUP_LEVELS: dict[str, str] = {
-    # level -> (table, time column)
+    # level -> table
     "minute": "rollup_minute",
     "hour": "rollup_hour",
     "day": "rollup_day",
+    # Site-local weeks (from Monday) and months: a long range of days reads its whole weeks
+    # and months from here, a handful of rows instead of one per day (engine/query/planner.py).
+    "week": "rollup_week",
+    "month": "rollup_month",
+}
+# The levels above the day, by their bucket of a local date (a `day` of rollup_day).
+COARSE_LEVELS: dict[str, str] = {
+    "rollup_week": "toMonday(day)",
+    "rollup_month": "toStartOfMonth(day)",
 }
 
 
 MAX_RETENTION_DAYS = 36_500
+# Rows per granule of the day, week and month levels. A row may hold a 96 KiB unique-count
+# sketch and a granule is decoded whole, so a query reading a few rows (one site's totals over
+# a month: 30 of them; the top values of a ranking) decodes the sketches of every row of the
+# granules it touches: ClickHouse's default (8,192 rows, or 10 MiB) made that thousands.
+LEVEL_GRANULARITY = 32
+# Parts of a thousand rows and more store each column in its own file ("wide"). ClickHouse
+# sizes a part by an estimate that counts a sketch as a pointer, so even a 100 MB part of
+# sketches was "compact", one file in which reading the counts decompressed the sketches too.
+_WIDE_PARTS = "min_bytes_for_wide_part = 0, min_rows_for_wide_part = 1024"
 
 # Web vitals: the log holds each row's samples, the levels a DDSketch quantile state per vital
 # (relative accuracy 0.5%, mergeable across any range). The parameters are part of the state's
@@ -169,9 +187,7 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
         "CREATE TABLE IF NOT EXISTS rollup_hour ("
         + rollup_cols.format(time_col="hour DateTime('UTC')")
         + ") ENGINE = AggregatingMergeTree ORDER BY (site, dim, hour, value)",
-        "CREATE TABLE IF NOT EXISTS rollup_day ("
-        + rollup_cols.format(time_col="day Date")
-        + ") ENGINE = AggregatingMergeTree ORDER BY (site, dim, day, value)",
+        *(level_ddl(table, rollup_cols) for table in ("rollup_day", "rollup_week", "rollup_month")),
         # Session metrics per UTC hour of the session's start, by visit dimension: reading
         # `sessions FINAL` over a month of a busy site is far too slow for a dashboard. Fed by
         # the store writer with signed deltas (the new version of a session minus the one
@@ -214,6 +230,41 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
     ]
 
 
+def level_ddl(table: str, columns: str, name: str | None = None) -> str:
+    """CREATE of a level at or above the day (as `name`, default the level's own)."""
+    time_col = LEVEL_COLUMNS[table]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {name or table} ("
+        + columns.format(time_col=f"{time_col} Date")
+        + f") ENGINE = AggregatingMergeTree ORDER BY (site, dim, {time_col}, value)"
+        + f" SETTINGS index_granularity = {LEVEL_GRANULARITY}, {_WIDE_PARTS}"
+    )
+
+
+def regranulate_sql(table: str, engine_full: str) -> list[str]:
+    """Statements rebuilding a level created with larger granules (before LEVEL_GRANULARITY):
+    a copy with the same rows (so the same source positions, the writer's record), swapped in
+    atomically. Empty when `engine_full` (system.tables) already has them. Only while no
+    writer runs: rows inserted during the copy would be lost."""
+    if f"index_granularity = {LEVEL_GRANULARITY}" in engine_full:
+        return []
+    create = next(s for s in _single_node_ddl(90) if f"IF NOT EXISTS {table} (" in s)
+    copy = f"{table}_regranulated"
+    columns = ", ".join(c.split()[0] for c in _columns_of(create))
+    return [
+        f"DROP TABLE IF EXISTS {copy}",
+        create.replace(f"IF NOT EXISTS {table} (", f"{copy} (", 1),
+        f"INSERT INTO {copy} ({columns}) SELECT {columns} FROM {table}",
+        f"EXCHANGE TABLES {table} AND {copy}",
+        f"DROP TABLE {copy}",
+    ]
+
+
+def _columns_of(create: str) -> list[str]:
+    body = create[create.index("(") + 1 : create.rindex(") ENGINE")]
+    return [line.strip().rstrip(",") for line in body.strip().splitlines() if line.strip()]
+
+
 # How rows spread over shards. Rows that ClickHouse must merge into one (a rollup key, a
 # session's versions) must live on one shard, so the key covers the table's merge key.
 SHARDING_KEYS: dict[str, str] = {
@@ -223,6 +274,8 @@ SHARDING_KEYS: dict[str, str] = {
     "rollup_minute": "cityHash64(site, dim, value)",
     "rollup_hour": "cityHash64(site, dim, value)",
     "rollup_day": "cityHash64(site, dim, value)",
+    "rollup_week": "cityHash64(site, dim, value)",
+    "rollup_month": "cityHash64(site, dim, value)",
     "session_hour": "cityHash64(site, dim, value)",
 }
 
@@ -275,11 +328,15 @@ _LEVEL_KEYS: dict[str, str] = {
     # The site's local day: the worker stamps each row with the site's UTC offset at that
     # minute, so DST changes land on the right day.
     "rollup_day": "toDate(minute + tz_offset)",
+    "rollup_week": "toMonday(toDate(minute + tz_offset))",
+    "rollup_month": "toStartOfMonth(toDate(minute + tz_offset))",
 }
-_LEVEL_COLUMNS: dict[str, str] = {
+LEVEL_COLUMNS: dict[str, str] = {
     "rollup_minute": "minute",
     "rollup_hour": "hour",
     "rollup_day": "day",
+    "rollup_week": "week",
+    "rollup_month": "month",
 }
 
 
@@ -299,7 +356,7 @@ def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
             f"(src_partition = {int(p)} AND src_offset > {int(lo)} AND src_offset <= {int(hi)})"
             for p, (lo, hi) in sorted(ranges.items())
         )
-    time_col = _LEVEL_COLUMNS[table]
+    time_col = LEVEL_COLUMNS[table]
     # Each log row's samples become one sketch state (Float64: the state's argument type).
     p = VITALS_SKETCH_PARAMS
     vital_states = "".join(
@@ -317,6 +374,27 @@ def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
         FROM rollup_log
         WHERE {where}
         GROUP BY site, bucket, dim, value
+        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
+                 min_insert_block_size_bytes = {_ONE_BLOCK}
+    """
+
+
+def coarse_from_day_sql(table: str) -> str:
+    """Fill a coarse level (week, month) from rollup_day, in one part: for a store made before
+    the level existed, whose log no longer holds the older days. The rows keep their source
+    positions, so the level then records exactly what rollup_day records, and the writer's
+    catch-up derives the rest from the log as for any level."""
+    time_col = LEVEL_COLUMNS[table]
+    p = VITALS_SKETCH_PARAMS
+    vital_states = "".join(f", quantileDDMergeState{p}({v})" for v in VITALS)
+    return f"""
+        INSERT INTO {table}
+            (site, {time_col}, dim, value, pageviews, events, visitors, src_partition, src_offset,
+             {", ".join(VITALS)})
+        SELECT site, {COARSE_LEVELS[table]} AS bucket, dim, value, sum(pageviews), sum(events),
+               uniqCombined64MergeState(visitors), src_partition, max(src_offset){vital_states}
+        FROM rollup_day
+        GROUP BY site, bucket, dim, value, src_partition
         SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
                  min_insert_block_size_bytes = {_ONE_BLOCK}
     """

@@ -26,8 +26,10 @@ from config import Settings
 from engine.rollup_rows import WorkerOutput, decode_output
 from engine.store.client import Store
 from engine.store.schema import (
+    COARSE_LEVELS,
     ROLLUP_LEVELS,
     SESSION_ROLLUP,
+    coarse_from_day_sql,
     derive_sql,
     rebuild_session_rollup_sql,
 )
@@ -138,6 +140,13 @@ class StoreWriter:
             await self.store.command(f"TRUNCATE TABLE {SESSION_ROLLUP}")
             await self.store.command(rebuild_session_rollup_sql())
             self.session_rollup.applied = await self.store.applied_offsets(SESSION_ROLLUP)
+        day = self.levels[ROLLUP_LEVELS["day"]]
+        for table in COARSE_LEVELS:
+            if day and not self.levels[table]:
+                # A store from before the level existed: the log may have dropped old days.
+                log.info("building %s from rollup_day", table)
+                await self.store.command(coarse_from_day_sql(table))
+                self.levels[table] = await self.store.applied_offsets(table)
         # A crash between a log insert and the level inserts leaves levels behind: catch up.
         await self.derive_levels()
         self.epoch += 1
