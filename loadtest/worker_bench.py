@@ -113,6 +113,18 @@ def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
     return total
 
 
+def levels_caught_up(url: str) -> bool:
+    """Every rollup level holds what the log holds: the batch's level derives, which follow
+    its inserts, are done too."""
+    from engine.store.schema import ROLLUP_LEVELS
+
+    logged = metric(url, "rollup_store_applied_offset", {"table": "rollup_log"})
+    return all(
+        metric(url, "rollup_store_applied_offset", {"table": level}) == logged
+        for level in ROLLUP_LEVELS.values()
+    )
+
+
 def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -196,7 +208,7 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
             rows = metric(api_metrics, "rollup_store_rows_total", {"table": "events"})
             bars.update(processed_task, completed=processed)
             bars.update(stored_task, completed=rows)
-            if rows >= expected:
+            if rows >= expected and levels_caught_up(api_metrics):
                 stored = now
                 break
             time.sleep(0.5)  # each scrape costs the writer time too

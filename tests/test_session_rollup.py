@@ -7,7 +7,7 @@ from typing import Any
 
 from engine.query.cache import ResultCache
 from engine.query.sql import Statement
-from engine.store.session_rollup import deltas
+from engine.store.session_rollup import deltas, stored_versions_statements
 
 
 def row(sid: int, version: int, **over: Any) -> dict[str, Any]:
@@ -90,3 +90,20 @@ def test_result_cache_is_an_lru_keyed_by_version() -> None:
     cache.put(cache.key("a", [Statement("SELECT 3", {})], (0, 1), b"{}"), b"three")
     assert cache.get(k1) is None and len(cache) == 2
     assert ResultCache(0).get(k1) is None
+
+
+def test_a_large_batch_looks_up_its_stored_versions_in_statements_clickhouse_accepts() -> None:
+    """A batch of 12,001 sessions with the longest ids: every id in exactly one lookup, each
+    lookup's text within ClickHouse's max_query_size (262,144 bytes)."""
+    rows = [
+        {"session_id": 2**63 - 1 - i, "site": f"s{i % 7}.test", "start": 86400.0 * (i % 40)}
+        for i in range(12_001)
+    ]
+    statements = stored_versions_statements(rows)
+    assert len(statements) == 3
+    seen: list[int] = []
+    for statement in statements:
+        assert len(statement.sql.encode()) < 262_144
+        ids = statement.sql.split("session_id IN (")[1].split(")")[0]
+        seen += [int(i) for i in ids.split(", ")]
+    assert sorted(seen) == sorted(int(r["session_id"]) for r in rows)

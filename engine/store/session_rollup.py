@@ -123,6 +123,23 @@ def stored_versions_statement(rows: Iterable[Mapping[str, Any]]) -> Statement:
     )
 
 
+# Ids per lookup: their text must stay well inside ClickHouse's max_query_size (256 KiB), at
+# up to 21 bytes an id.
+STORED_LOOKUP_IDS = 5000
+
+
+def stored_versions_statements(
+    rows: Iterable[Mapping[str, Any]], max_ids: int = STORED_LOOKUP_IDS
+) -> list[Statement]:
+    """`stored_versions_statement` for any number of rows: one statement per `max_ids`
+    sessions, as a large batch holds more ids than one query's text may."""
+    by_id = sorted(rows, key=lambda row: int(row["session_id"]))
+    return [
+        stored_versions_statement(by_id[start : start + max_ids])
+        for start in range(0, len(by_id), max_ids)
+    ]
+
+
 def parse_stored(result: list[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
     names = ("site", "start", *_ROW_FIELDS[2:], *_DIM_COLUMNS)
     return {int(sid): dict(zip(names, values, strict=True)) for sid, values in result}
@@ -163,8 +180,8 @@ class SessionRollupSink(Sink[Any]):
             return 0
         old: dict[int, dict[str, Any]] = {}
         if self._new:
-            stored = stored_versions_statement(self._new.values())
-            old = parse_stored(await self._store.query(stored.sql, stored.params))
+            for stored in stored_versions_statements(self._new.values()):
+                old.update(parse_stored(await self._store.query(stored.sql, stored.params)))
             old.update((sid, row) for sid, row in self._catch_up.items() if sid in self._new)
         rows = deltas(old, self._new, self._watermarks)
         await self._store.insert_rows(SESSION_ROLLUP, rows)

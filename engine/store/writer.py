@@ -52,7 +52,9 @@ BAD_MESSAGES = Counter("rollup_store_bad_messages_total", "Undecodable worker ou
 INSERT_FAILURES = Counter("rollup_store_insert_failures_total", "Failed inserts", ["table"])
 INSERT_RETRIES = Counter("rollup_store_insert_retries_total", "Inserts tried again", ["table"])
 APPLIED_OFFSET = Gauge(
-    "rollup_store_applied_offset", "Highest hits offset stored", ["table", "partition"]
+    "rollup_store_applied_offset",
+    "Highest hits offset stored (for a rollup level: folded into it)",
+    ["table", "partition"],
 )
 
 
@@ -166,6 +168,7 @@ class StoreWriter:
             await self.store.command(derive_sql(table, ranges))
             for partition, (_, high) in ranges.items():
                 have[partition] = high
+                APPLIED_OFFSET.labels(table, str(partition)).set(high)
 
     async def run(self) -> None:
         while True:
