@@ -77,7 +77,7 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
     for hit in hits:
         if hit["name"] in SESSION_ONLY_EVENTS and not hit.get("vitals"):
             continue  # counts nothing and carries no samples
-        key = (hit["site"], int(hit["ts"] // 60) * 60)
+        key = (hit["site"], minute_of(hit["ts"]))
         group = groups.get(key)
         if group is None:
             groups[key] = [hit]

@@ -24,7 +24,13 @@ from prometheus_client import Histogram
 
 from config import Settings
 from engine.errors import ComponentError
-from engine.store.schema import cluster_client_settings, ddl, regranulate_sql
+from engine.store.schema import (
+    COARSE_LEVELS,
+    ROLLUP_LEVELS,
+    cluster_client_settings,
+    ddl,
+    regranulate_sql,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +90,7 @@ class Store:
         if self._settings.embedded_clickhouse:
             # This process owns the store (one process per chDB directory) and its writer has
             # not started: a level made with larger granules can be rebuilt safely.
-            for table in ("rollup_day", "rollup_week", "rollup_month"):
+            for table in (ROLLUP_LEVELS["day"], *COARSE_LEVELS):
                 engine = self.query_sync(
                     "SELECT engine_full FROM system.tables WHERE database = currentDatabase() "
                     f"AND name = '{table}'"

@@ -149,6 +149,9 @@ class StoreWriter:
                 log.info("building %s from rollup_day", table)
                 await self.store.command(coarse_from_day_sql(table))
                 self.levels[table] = await self.store.applied_offsets(table)
+        for table, have in self.levels.items():
+            for partition, offset in have.items():
+                APPLIED_OFFSET.labels(table, str(partition)).set(offset)
         # A crash between a log insert and the level inserts leaves levels behind: catch up.
         await self.derive_levels()
         self.epoch += 1
