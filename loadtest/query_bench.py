@@ -3,6 +3,7 @@
     python -m loadtest.query_bench [--pageviews 10000000] [--rounds 50] [--days 30]
     python -m loadtest.query_bench --growth [--growth-pageviews-per-day 100000]
     python -m loadtest.query_bench --reuse DIR --growth-reuse DIR  # stores built by earlier runs
+    python -m loadtest.query_bench --datasets DIR  # build each store once under DIR, then reuse
 
 One data set (loadtest/query_data.py: generated in ClickHouse, proven equal to what the engine
 makes of the same hits) fills a scratch store. Three processes open it, one after another, since
@@ -25,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -391,6 +393,24 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _store_dir(
+    reuse: Path | None, datasets: Path | None, name: str, prefix: str
+) -> tuple[Path, bool]:
+    """Where a data set's store is, and whether it is built already: `reuse` as given; else
+    `datasets/name` (built once, kept: building 10 million pageviews takes most of an hour
+    here); else a new scratch directory."""
+    if reuse is not None:
+        return reuse, True
+    if datasets is None:
+        return Path(tempfile.mkdtemp(prefix=prefix)), False
+    path = datasets / name
+    if (path / "build.json").exists():
+        return path, True
+    shutil.rmtree(path, ignore_errors=True)  # a build cut short
+    path.mkdir(parents=True)
+    return path, False
+
+
 def _dataset(args: dict[str, Any]) -> DataSet:
     return DataSet(
         pageviews=int(args["pageviews"]),
@@ -418,9 +438,11 @@ def run_queries(
     verify: bool = True,
     log: Callable[[str], None] = print,
     reuse: Path | None = None,
+    datasets: Path | None = None,
 ) -> dict[str, Any]:
     last_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    data_dir = reuse or Path(tempfile.mkdtemp(prefix="rollup-query-bench-"))
+    name = f"queries-{pageviews}-pageviews-{days}-days"
+    data_dir, built = _store_dir(reuse, datasets, name, "rollup-query-bench-")
     common = {
         "pageviews": pageviews,
         "days": days,
@@ -428,9 +450,10 @@ def run_queries(
         "data_dir": str(data_dir),
     }
     ds = _dataset(common)
-    if reuse is not None:
+    if built:
         # A store built earlier by this script with the same arguments (build output saved).
-        build = json.loads((reuse / "build.json").read_text())
+        log(f"reusing the store built earlier in {data_dir}")
+        build = json.loads((data_dir / "build.json").read_text())
         last_day = dt.date.fromisoformat(build.get("last_day", last_day.isoformat()))
         common["last_day"] = last_day.isoformat()
         ds = _dataset(common)
@@ -526,13 +549,16 @@ def run_growth(
     rounds: int,
     log: Callable[[str], None] = print,
     reuse: Path | None = None,
+    datasets: Path | None = None,
 ) -> dict[str, Any]:
     days = 365
     last_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    data_dir = reuse or Path(tempfile.mkdtemp(prefix="rollup-growth-bench-"))
-    if reuse is not None:
+    name = f"growth-{pageviews_per_day}-pageviews-a-day"
+    data_dir, built = _store_dir(reuse, datasets, name, "rollup-growth-bench-")
+    if built:
         # A store built earlier by this script (its build record saved next to it).
-        build = json.loads((reuse / "build.json").read_text())
+        log(f"reusing the store built earlier in {data_dir}")
+        build = json.loads((data_dir / "build.json").read_text())
         last_day = dt.date.fromisoformat(build["last_day"])
         pageviews_per_day = int(build.get("pageviews_per_day", pageviews_per_day))
     common = {
@@ -542,7 +568,7 @@ def run_growth(
         "data_dir": str(data_dir),
     }
     ds = _dataset(common)
-    if reuse is None:
+    if not built:
         log(f"building {pageviews_per_day:,} pageviews a day over {days} days in {data_dir} ...")
         build = _child("build", {**common, "verify": False})
         record = {**build, "last_day": str(last_day), "pageviews_per_day": pageviews_per_day}
@@ -646,14 +672,22 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if not args.growth_only:
         result = run_queries(
-            args.pageviews, args.rounds, args.days, verify=not args.no_verify, reuse=args.reuse
+            args.pageviews,
+            args.rounds,
+            args.days,
+            verify=not args.no_verify,
+            reuse=args.reuse,
+            datasets=args.datasets,
         )
         print_table(result)
         (RESULTS / "queries.json").write_text(json.dumps(result, indent=2))
         chart(result, RESULTS / "queries.png")
     if args.growth or args.growth_only:
         growth = run_growth(
-            args.growth_pageviews_per_day, args.growth_rounds, reuse=args.growth_reuse
+            args.growth_pageviews_per_day,
+            args.growth_rounds,
+            reuse=args.growth_reuse,
+            datasets=args.datasets,
         )
         print_table(growth)
         (RESULTS / "growth_days.json").write_text(json.dumps(growth, indent=2))
@@ -673,6 +707,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--growth-pageviews-per-day", type=int, default=50_000)
     p.add_argument("--growth-rounds", type=int, default=10)
     p.add_argument("--growth-reuse", type=Path, help="a growth data directory built earlier")
+    p.add_argument(
+        "--datasets", type=Path, help="keep each built store under this directory and reuse it"
+    )
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--stage-args", help=argparse.SUPPRESS)
     p.add_argument("--stage-out", help=argparse.SUPPRESS)

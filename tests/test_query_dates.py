@@ -261,7 +261,9 @@ def test_every_period_is_a_well_formed_range(
 @given(
     first=st.dates(min_value=date(2020, 1, 1), max_value=date(2030, 1, 1)),
     days=st.integers(min_value=0, max_value=800),
-    levels=st.sampled_from([(), ("week",), ("month",), ("month", "week")]),
+    levels=st.sampled_from(
+        [(), ("week",), ("month",), ("month", "week"), ("quarter",), ("quarter", "month", "week")]
+    ),
 )
 def test_day_cover_spans_every_date_once(
     first: date, days: int, levels: tuple[DayLevel, ...]
@@ -276,6 +278,8 @@ def test_day_cover_spans_every_date_once(
             assert a.weekday() == 0 and (b - a).days % 7 == 0
         if level == "month":
             assert a.day == 1 and b.day == 1
+        if level == "quarter":
+            assert a.day == b.day == 1 and a.month % 3 == b.month % 3 == 1
         covered += [a + timedelta(days=i) for i in range((b - a).days)]
     assert covered == [first + timedelta(days=i) for i in range(days)]
     # Days only at the edges: no whole week of the range is read day by day.
@@ -292,5 +296,20 @@ def test_day_cover_of_a_year_and_of_thirty_days() -> None:
         ("day", date(2026, 11, 23), date(2026, 11, 27)),
     ]
     spans = day_cover(date(2025, 11, 27), date(2026, 11, 27))
-    assert [level for level, _, _ in spans] == ["day", "month", "day", "week", "day"]
+    assert spans[1:4] == [
+        ("month", date(2025, 12, 1), date(2026, 1, 1)),
+        ("quarter", date(2026, 1, 1), date(2026, 10, 1)),
+        ("month", date(2026, 10, 1), date(2026, 11, 1)),
+    ]
+    assert [level for level, _, _ in spans] == [
+        "day",
+        "month",
+        "quarter",
+        "month",
+        "day",
+        "week",
+        "day",
+    ]
+    months = day_cover(date(2025, 11, 27), date(2026, 11, 27), ("month", "week"))
+    assert [level for level, _, _ in months] == ["day", "month", "day", "week", "day"]
     assert day_cover(date(2026, 3, 4), date(2026, 3, 4)) == []

@@ -272,18 +272,21 @@ def test_vitals_render_rounded_and_null_without_samples() -> None:
 # --- long ranges and rankings ---------------------------------------------------------------
 
 
-def test_long_ranges_read_whole_months_and_weeks_from_their_levels() -> None:
+def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() -> None:
     p = plan(date_range=["2025-11-27", "2026-11-26"], dimensions=["visit:source"])
     sql = inlined(p.statements[0])
     assert p.table == "rollup_day"  # the resolution: local days
     assert "FROM rollup_month WHERE" in sql and "FROM rollup_week WHERE" in sql
-    assert "(month >= '2025-12-01' AND month < '2026-11-01')" in sql
+    assert "(quarter >= '2026-01-01' AND quarter < '2026-10-01')" in sql
+    assert "(month >= '2025-12-01' AND month < '2026-01-01')" in sql
+    assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
     assert "(week >= '2026-11-02' AND week < '2026-11-23')" in sql
     assert "(day >= '2025-11-27' AND day < '2025-12-01')" in sql
     # Buckets of days read days; weeks may straddle months; a short range reads days.
     assert "rollup_week" not in plan(date_range="30d", dimensions=["time:day"]).statements[0].sql
     by_month = plan(date_range="12mo", dimensions=["time:month"]).statements[0].sql
     assert "rollup_month" in by_month and "rollup_week" not in by_month
+    assert "rollup_quarter" not in by_month  # a quarter spans three month buckets
     assert "rollup_month" not in plan(date_range="12mo", dimensions=["time:week"]).statements[0].sql
     assert "UNION ALL" not in plan(date_range=["2026-11-03", "2026-11-08"]).statements[0].sql
 

@@ -11,17 +11,18 @@ import sys
 
 import pytest
 
-from engine.store.schema import SHARDING_KEYS, cluster_client_settings, ddl
+from engine.store.schema import ROLLUP_LEVELS, SHARDING_KEYS, cluster_client_settings, ddl
 
 # sha256 of the single-node statements: a change here changes what every existing deployment
 # runs at start. Changed deliberately once since the cluster mode: issue 8 added the vitals
 # columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades);
 # issue 5 added the session_hour rollup, then the week and month levels and small granules for
-# the day and coarser levels (an existing rollup_day is rebuilt with them: Store.migrate).
+# the day and coarser levels (an existing rollup_day is rebuilt with them: Store.migrate), then
+# the quarter level.
 SINGLE_NODE_SHA256 = {
-    90: "232af9bf205865df80af0fb49ff52af12b5bc2ca9a338a4cc0e55e8389c4c97f",
-    1: "6393e2436fca5113f9c94827247a1fdd80559505f785737a10179b7529e3b810",
-    400: "21ecdfd7f081c1c8cae03247691c0eecaab0fce18da9b33e23c81a3aa5c828bb",
+    90: "bde501b74acfcc07eaee498877daaaf0af6c7e08751b7e909732fe52e5e1aee1",
+    1: "af2b74fcd9ca4e63f7fe449f206b896e9088709ab309fb62c5e143f9303b0aef",
+    400: "71a20ae435c6f1988ea5cdcaf26288c14bdd305285f1546ee0ed3f34f43fe1f9",
 }
 TABLES = (
     "events",
@@ -32,6 +33,7 @@ TABLES = (
     "rollup_day",
     "rollup_week",
     "rollup_month",
+    "rollup_quarter",
     "session_hour",
 )
 
@@ -86,7 +88,7 @@ def test_cluster_ddl_replicates_and_distributes_every_table() -> None:
     assert "ORDER BY (site, dim, day, value)" in create_of(cluster, "rollup_day_local")
     # The vitals columns (issue 8) are carried over like every other column.
     assert "lcp Array(Float32) DEFAULT []" in create_of(cluster, "rollup_log_local")
-    for level in ("rollup_minute", "rollup_hour", "rollup_day", "rollup_week", "rollup_month"):
+    for level in ROLLUP_LEVELS.values():
         local = create_of(cluster, f"{level}_local")
         for vital in ("ttfb", "fcp", "lcp", "inp", "cls"):
             assert f"{vital} AggregateFunction(quantileDD(0.005, 0.75), Float64)" in local
@@ -102,6 +104,7 @@ def test_rows_that_merge_share_a_shard() -> None:
         "rollup_day",
         "rollup_week",
         "rollup_month",
+        "rollup_quarter",
     ):
         order = re.search(r"ORDER BY (.*)", create_of(cluster, f"{table}_local"))
         assert order is not None

@@ -16,7 +16,7 @@ from config import load_settings
 from engine.hits import Hit
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from engine.store.client import Store
-from engine.store.schema import LEVEL_GRANULARITY, ddl
+from engine.store.schema import LEVEL_GRANULARITY, ROLLUP_LEVELS, ddl
 from engine.store.writer import StoreWriter
 
 
@@ -183,7 +183,7 @@ async def test_an_older_store_gets_the_coarse_levels_and_small_granules(store: S
     store.command_sync("INSERT INTO rollup_day_old SELECT * FROM rollup_day")
     store.command_sync("EXCHANGE TABLES rollup_day AND rollup_day_old")
     store.command_sync("DROP TABLE rollup_day_old")
-    for table in ("rollup_week", "rollup_month"):
+    for table in ("rollup_week", "rollup_month", "rollup_quarter"):
         store.command_sync(f"DROP TABLE {table}")
 
     def granularity(table: str) -> str:
@@ -204,13 +204,13 @@ async def test_an_older_store_gets_the_coarse_levels_and_small_granules(store: S
                 f"SELECT sum(pageviews), uniqCombined64Merge(visitors), max(src_offset) FROM {t}"
                 " WHERE dim = 'event:page'"
             )[0]
-            for t in ("rollup_minute", "rollup_day", "rollup_week", "rollup_month")
+            for t in ROLLUP_LEVELS.values()
         ]
 
-    assert levels() == [(6, 4, 5)] * 4
+    assert levels() == [(6, 4, 5)] * len(ROLLUP_LEVELS)
     # Replays of the first messages and new ones: each counted once at every level.
     again = [*first[3:], *(output(0, o, [hit(f"/{o}", o, now)]) for o in range(6, 9))]
     await restarted._apply(FakeConsumer(), records(again))  # type: ignore[arg-type]
-    assert levels() == [(9, 7, 8)] * 4
+    assert levels() == [(9, 7, 8)] * len(ROLLUP_LEVELS)
     store.migrate()  # nothing left to rebuild
-    assert levels() == [(9, 7, 8)] * 4
+    assert levels() == [(9, 7, 8)] * len(ROLLUP_LEVELS)

@@ -278,18 +278,19 @@ def time_labels(dr: DateRange, gran: Granularity) -> list[str]:
     return list(labels)
 
 
-DayLevel: TypeAlias = Literal["day", "week", "month"]
+DayLevel: TypeAlias = Literal["day", "week", "month", "quarter"]
+COARSE_DAY_LEVELS: Final[tuple[DayLevel, ...]] = ("quarter", "month", "week")
 
 
 def day_cover(
-    first: date, end: date, levels: tuple[DayLevel, ...] = ("month", "week")
+    first: date, end: date, levels: tuple[DayLevel, ...] = COARSE_DAY_LEVELS
 ) -> list[tuple[DayLevel, date, date]]:
-    """[first, end) of local dates as (level, first, end) spans: the whole calendar months
-    inside it (when "month" is in `levels`), then the whole weeks from Monday inside what is
-    left (when "week" is), then single days; in date order. Each date is in exactly one span."""
+    """[first, end) of local dates as (level, first, end) spans: the whole calendar quarters
+    inside it (when "quarter" is in `levels`), then the whole months inside what is left (when
+    "month" is), then the whole weeks from Monday (when "week" is), then single days; in date
+    order. Each date is in exactly one span."""
     spans: list[tuple[DayLevel, date, date]] = [("day", first, end)] if first < end else []
-    coarse: tuple[DayLevel, ...] = ("month", "week")
-    for level in coarse:
+    for level in COARSE_DAY_LEVELS:
         if level not in levels:
             continue
         out: list[tuple[DayLevel, date, date]] = []
@@ -297,12 +298,7 @@ def day_cover(
             if kind != "day":
                 out.append((kind, a, b))
                 continue
-            if level == "month":
-                lo = a if a.day == 1 else _add_months(a, 1)
-                hi = b.replace(day=1)
-            else:
-                lo = a + timedelta(days=(7 - a.weekday()) % 7)
-                hi = b - timedelta(days=b.weekday())
+            lo, hi = _whole_buckets(level, a, b)
             if lo >= hi:
                 out.append((kind, a, b))
                 continue
@@ -313,3 +309,15 @@ def day_cover(
                 out.append(("day", hi, b))
         spans = out
     return spans
+
+
+def _whole_buckets(level: DayLevel, a: date, b: date) -> tuple[date, date]:
+    """The first and end of the whole `level` buckets inside [a, b) (empty when lo >= hi)."""
+    if level == "week":
+        return a + timedelta(days=(7 - a.weekday()) % 7), b - timedelta(days=b.weekday())
+    months = 3 if level == "quarter" else 1
+    first_month = a if a.day == 1 else _add_months(a.replace(day=1), 1)
+    lo = _add_months(first_month, -(first_month.month - 1) % months)  # onwards to a boundary
+    end_month = b.replace(day=1)
+    hi = _add_months(end_month, -((end_month.month - 1) % months))  # back to a boundary
+    return lo, hi

@@ -10,8 +10,9 @@ at most one non-time dimension appears across dimensions and filters (then every
 lies in exactly one of that dimension's rows) and the range and time buckets fit its level:
 
 - rollup_day: start and end are local day boundaries; time buckets day, week or month. This is
-  the day resolution: whole local months and weeks inside the range are read from rollup_month
-  and rollup_week (when the time buckets allow), the rest from rollup_day.
+  the day resolution: whole local quarters, months and weeks inside the range are read from
+  rollup_quarter, rollup_month and rollup_week (when the time buckets allow), the rest from
+  rollup_day.
 - rollup_hour: start and end are whole UTC hours; no minute buckets; with time buckets, the
   site's UTC offset is a whole number of hours over the range (or local buckets would split
   a UTC hour).
@@ -54,6 +55,7 @@ from engine.errors import QueryError
 from engine.hits import VITALS
 from engine.query import sessions, sql
 from engine.query.dates import (
+    COARSE_DAY_LEVELS,
     DateRange,
     DayLevel,
     Granularity,
@@ -614,10 +616,11 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
     )
 
 
-# Which levels above the day may answer a day-resolution query, by its time buckets: a week
-# or month row lies in one bucket of these (a week may straddle two months).
+# Which levels above the day may answer a day-resolution query, by its time buckets: a week,
+# month or quarter row lies in one bucket of these (a week may straddle two months, a quarter
+# spans three).
 _COARSE_FOR: Final[dict[Granularity | None, tuple[DayLevel, ...]]] = {
-    None: ("month", "week"),
+    None: COARSE_DAY_LEVELS,
     "week": ("week",),
     "month": ("month",),
 }
@@ -627,11 +630,11 @@ _ROLLUP_READ: Final[str] = ", ".join(
 
 
 def _day_levels(spans: list[tuple[DayLevel, date, date]], conds: list[str], params: Params) -> str:
-    """The rows of rollup_day over local dates, reading whole months and weeks from their
-    levels (each row's bucket start as `day`): one row per month or week instead of one per
-    day, the same sketches merged (a union of the same visitor sets)."""
+    """The rows of rollup_day over local dates, reading whole quarters, months and weeks from
+    their levels (each row's bucket start as `day`): one row per quarter, month or week instead
+    of one per day, the same sketches merged (a union of the same visitor sets)."""
     branches: list[str] = []
-    for level in ("month", "week", "day"):
+    for level in (*COARSE_DAY_LEVELS, "day"):
         ranges = [(a, b) for kind, a, b in spans if kind == level]
         if not ranges:
             continue

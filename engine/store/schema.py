@@ -21,20 +21,23 @@ ROLLUP_LEVELS: dict[str, str] = {
     "minute": "rollup_minute",
     "hour": "rollup_hour",
     "day": "rollup_day",
-    # Site-local weeks (from Monday) and months: a long range of days reads its whole weeks
-    # and months from here, a handful of rows instead of one per day (engine/query/planner.py).
+    # Site-local weeks (from Monday), months and quarters: a long range of days reads its
+    # whole quarters, months and weeks from here, a handful of rows instead of one per day
+    # (engine/query/planner.py).
     "week": "rollup_week",
     "month": "rollup_month",
+    "quarter": "rollup_quarter",
 }
 # The levels above the day, by their bucket of a local date (a `day` of rollup_day).
 COARSE_LEVELS: dict[str, str] = {
     "rollup_week": "toMonday(day)",
     "rollup_month": "toStartOfMonth(day)",
+    "rollup_quarter": "toStartOfQuarter(day)",
 }
 
 
 MAX_RETENTION_DAYS = 36_500
-# Rows per granule of the day, week and month levels. A row may hold a 96 KiB unique-count
+# Rows per granule of the day and coarser levels. A row may hold a 96 KiB unique-count
 # sketch and a granule is decoded whole, so a query reading a few rows (one site's totals over
 # a month: 30 of them; the top values of a ranking) decodes the sketches of every row of the
 # granules it touches: ClickHouse's default (8,192 rows, or 10 MiB) made that thousands.
@@ -187,7 +190,7 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
         "CREATE TABLE IF NOT EXISTS rollup_hour ("
         + rollup_cols.format(time_col="hour DateTime('UTC')")
         + ") ENGINE = AggregatingMergeTree ORDER BY (site, dim, hour, value)",
-        *(level_ddl(table, rollup_cols) for table in ("rollup_day", "rollup_week", "rollup_month")),
+        *(level_ddl(table, rollup_cols) for table in ("rollup_day", *COARSE_LEVELS)),
         # Session metrics per UTC hour of the session's start, by visit dimension: reading
         # `sessions FINAL` over a month of a busy site is far too slow for a dashboard. Fed by
         # the store writer with signed deltas (the new version of a session minus the one
@@ -276,6 +279,7 @@ SHARDING_KEYS: dict[str, str] = {
     "rollup_day": "cityHash64(site, dim, value)",
     "rollup_week": "cityHash64(site, dim, value)",
     "rollup_month": "cityHash64(site, dim, value)",
+    "rollup_quarter": "cityHash64(site, dim, value)",
     "session_hour": "cityHash64(site, dim, value)",
 }
 
@@ -330,6 +334,7 @@ _LEVEL_KEYS: dict[str, str] = {
     "rollup_day": "toDate(minute + tz_offset)",
     "rollup_week": "toMonday(toDate(minute + tz_offset))",
     "rollup_month": "toStartOfMonth(toDate(minute + tz_offset))",
+    "rollup_quarter": "toStartOfQuarter(toDate(minute + tz_offset))",
 }
 LEVEL_COLUMNS: dict[str, str] = {
     "rollup_minute": "minute",
@@ -337,6 +342,7 @@ LEVEL_COLUMNS: dict[str, str] = {
     "rollup_day": "day",
     "rollup_week": "week",
     "rollup_month": "month",
+    "rollup_quarter": "quarter",
 }
 
 
