@@ -154,27 +154,19 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
     # Per batch: (site, arrival minute) -> the minute's state and the last event touching it.
     live_batch: dict[tuple[str, int], tuple[MinuteState, faust.EventT[Any]]] = {}
 
-    async def process_message(event: faust.EventT[Any]) -> tuple[Awaitable[Any], float] | None:
-        """Session state, rollups and live state for one hits message; returns the pending send
-        of its output and its newest hit time, or None for a message that cannot be decoded."""
+    def decode(event: faust.EventT[Any]) -> list[Hit] | None:
         message = event.message
         try:
-            hits = decode_hits(message.value or b"")
+            return decode_hits(message.value or b"")
         except Exception:
             BAD_MESSAGES.inc()
             log.exception(
                 "skipping undecodable hits message %s/%s", message.partition, message.offset
             )
             return None
-        session_rows, hits = sessions.process(hits, event)
-        output = WorkerOutput.of(
-            message.partition, message.offset, build_rollup_rows(hits), session_rows, hits
-        )
-        sent = await rollups_topic.send(
-            key=str(message.partition).encode(),
-            value=encode_output(output),
-            partition=message.partition,
-        )
+
+    def count_live(event: faust.EventT[Any], hits: list[Hit]) -> None:
+        message = event.message
         minute = int(message.timestamp // 60) * 60  # the window Faust picks for this event
         for site, site_hits in live_hits(hits, message.timestamp).items():
             cached = live_batch.get((site, minute))
@@ -188,21 +180,53 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                 continue  # replayed after a restart: already in the table
             live_batch[(site, minute)] = (state, event)
             live.add(LiveUpdate(site, minute, state, added), message.partition, message.offset)
+
+    async def flush_live() -> None:
+        try:
+            await live.flush()
+        except Exception as exc:  # live counters are best effort; rollups are not
+            LIVE_FAILURES.inc()
+            live.discard()
+            log.warning("live counters not updated: %s", exc)
+
+    async def process_message(
+        event: faust.EventT[Any], hits: list[Hit]
+    ) -> tuple[Awaitable[Any], float]:
+        """Session state and rollups for one hits message; returns the pending send of its
+        output and its newest hit time."""
+        message = event.message
+        session_rows, hits = sessions.process(hits, event)
+        output = WorkerOutput.of(
+            message.partition, message.offset, build_rollup_rows(hits), session_rows, hits
+        )
+        sent = await rollups_topic.send(
+            key=str(message.partition).encode(),
+            value=encode_output(output),
+            partition=message.partition,
+        )
         HITS_PROCESSED.inc(len(hits))
         MESSAGES_PROCESSED.inc()
         return sent, max((h["ts"] for h in hits), default=0.0)
 
     async def process_batch(events: list[faust.EventT[Any]]) -> None:
         started = time.monotonic()
-        sends = []
-        newest_ts = 0.0
+        admitted: list[tuple[faust.EventT[Any], list[Hit]]] = []
         for event in events:
             if not await in_order.admit(event.message):
                 continue
-            processed = await process_message(event)
-            if processed is not None:
-                sends.append(processed[0])
-                newest_ts = max(newest_ts, processed[1])
+            hits = decode(event)
+            if hits is not None:
+                count_live(event, hits)
+                admitted.append((event, hits))
+        # Live counters first: dashboards poll them every few seconds, and they need none of
+        # the session and rollup work below (page, visitor and arrival time only).
+        await flush_live()
+        sends = []
+        newest_ts = 0.0
+        for event, hits in admitted:
+            sent, newest = await process_message(event, hits)
+            sends.append(sent)
+            newest_ts = max(newest_ts, newest)
         # One table write per key per batch, under the last event that touched the key.
         sessions.end_batch()
         for (site, _minute), (state, event) in live_batch.items():
@@ -212,12 +236,6 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         # The batch's offsets are acknowledged when this returns: only once every output is
         # acknowledged by the broker.
         await asyncio.gather(*sends)
-        try:
-            await live.flush()
-        except Exception as exc:  # live counters are best effort; rollups are not
-            LIVE_FAILURES.inc()
-            live.discard()
-            log.warning("live counters not updated: %s", exc)
         if newest_ts:
             LAG_SECONDS.observe(max(0.0, time.time() - newest_ts))
         BATCH_SECONDS.observe(time.monotonic() - started)
