@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -78,19 +79,17 @@ def hey(
 
 
 def baseline(seconds: int, concurrency: int) -> float:
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".py", dir=".", prefix="_bench_app_", delete=True
-    ) as module:
-        module.write(BASELINE_APP)
-        module.flush()
-        name = module.name.rsplit("/", 1)[-1][:-3]
+    with tempfile.TemporaryDirectory(prefix="rollup-bare-app-") as app_dir:
+        (Path(app_dir) / "bare_app.py").write_text(BASELINE_APP)
         port = free_port()
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "uvicorn",
-                f"{name}:app",
+                "bare_app:app",
+                "--app-dir",
+                app_dir,
                 "--port",
                 str(port),
                 "--loop",
