@@ -39,16 +39,45 @@ class _RowSink(Sink[Any]):
         return len(rows)
 
 
-class RollupLogSink(_RowSink):
+_LOG_COLUMNS = (*ROLLUP_COLUMNS, "src_partition", "src_offset")
+
+
+class RollupLogSink(Sink[RollupBatch]):
+    """The worker's columns as they came, one columnar insert per flush: no per-row objects
+    (building and encoding a dict per row took a quarter of the store writer's time)."""
+
     table = "rollup_log"
 
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._columns: dict[str, list[Any]] = {name: [] for name in _LOG_COLUMNS}
+        self._rows = 0
+
     def add(self, item: RollupBatch, src_partition: int, src_offset: int) -> None:
-        columns = [item.columns[name] for name in ROLLUP_COLUMNS]
-        for values in zip(*columns, strict=True):
-            row = dict(zip(ROLLUP_COLUMNS, values, strict=True))
-            row["src_partition"] = src_partition
-            row["src_offset"] = src_offset
-            self._rows.append(row)
+        count = len(item.columns["site"])
+        for name in ROLLUP_COLUMNS:
+            values = item.columns[name]
+            if len(values) != count:
+                raise ValueError(f"rollup column {name!r} has {len(values)} values, not {count}")
+            self._columns[name].extend(values)
+        self._columns["src_partition"].extend([src_partition] * count)
+        self._columns["src_offset"].extend([src_offset] * count)
+        self._rows += count
+
+    def discard(self) -> None:
+        self._columns = {name: [] for name in _LOG_COLUMNS}
+        self._rows = 0
+
+    @property
+    def pending(self) -> int:
+        return self._rows
+
+    async def flush(self) -> int:
+        rows = self._rows
+        if rows:
+            await self._store.insert_columns(self.table, self._columns, rows)
+            self.discard()
+        return rows
 
 
 class EventsSink(Sink[bytes]):

@@ -132,6 +132,22 @@ class Store:
             INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         INSERT_ROWS.labels(table).observe(rows)
 
+    def insert_columns_sync(self, table: str, columns: Mapping[str, list[Any]], rows: int) -> None:
+        """`rows` rows given column by column, inserted as one part: one JSON document of
+        arrays (JSONCompactColumns), encoded in one call instead of one object per row."""
+        started = time.perf_counter()
+        try:
+            self._client.raw_insert(
+                table,
+                column_names=list(columns),
+                insert_block=orjson.dumps(list(columns.values())),
+                fmt="JSONCompactColumns",
+                settings=ONE_PART_INSERT,
+            )
+        finally:
+            INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        INSERT_ROWS.labels(table).observe(rows)
+
     def command_sync(self, sql: str) -> None:
         self._client.command(sql)
 
@@ -153,6 +169,9 @@ class Store:
 
     async def insert_block(self, table: str, block: bytes, rows: int) -> None:
         await self._run(partial(self.insert_block_sync, table, block, rows))
+
+    async def insert_columns(self, table: str, columns: Mapping[str, list[Any]], rows: int) -> None:
+        await self._run(partial(self.insert_columns_sync, table, columns, rows))
 
     async def command(self, sql: str) -> None:
         await self._run(partial(self.command_sync, sql))
