@@ -214,3 +214,32 @@ async def test_an_older_store_gets_the_coarse_levels_and_small_granules(store: S
     assert levels() == [(9, 7, 8)] * len(ROLLUP_LEVELS)
     store.migrate()  # nothing left to rebuild
     assert levels() == [(9, 7, 8)] * len(ROLLUP_LEVELS)
+
+
+async def test_rollup_log_columns_arrive_intact(store: Store) -> None:
+    # The log is inserted column by column (JSONCompactColumns): every column lands in its
+    # place, the largest visitor hashes and hostile text included.
+    now = time.time()
+    hostile = ['/q?a="1"&b=\\n', "/ünïcødé/😀", "/line\nbreak", "/tab\there", ""]
+    hits = [hit(page, (1 << 64) - 1 - i, now + i) for i, page in enumerate(hostile)]
+    hits[0]["vitals"] = {"lcp": 1234.5, "cls": 0.125}
+    sink = StoreWriter(store._settings, store).rollup_log.sink
+    batch = build_rollup_rows(hits)
+    later = build_rollup_rows(hits[:1])
+    sink.add(batch, 3, 41)
+    sink.add(later, 3, 42)
+    rows = len(batch.columns["site"]) + len(later.columns["site"])
+    assert sink.pending == rows
+    assert await sink.flush() == rows
+    stored = store.query_sync(
+        "SELECT value, hashes, lcp, cls, src_partition, src_offset FROM rollup_log"
+        " WHERE dim = 'event:page' AND src_offset = 41 ORDER BY value"
+    )
+    expected = sorted(
+        (h["page"], [h["vid"]], [1234.5] if h["vitals"] else [], [0.125] if h["vitals"] else [])
+        for h in hits
+    )
+    assert [(v, list(hs), list(lcp), list(cls)) for v, hs, lcp, cls, _, _ in stored] == expected
+    assert {(p, o) for *_, p, o in stored} == {(3, 41)}
+    assert store.query_sync("SELECT count() FROM rollup_log")[0][0] == rows
+    assert sink.pending == 0
