@@ -160,6 +160,12 @@ def _run(settings: Settings) -> int:
                 if not child.alive():
                     code = child.proc.returncode
                     if role != "worker" and code == 1 and "already" in child.last_log_line():
+                        if role == "api":  # taken since the check above
+                            raise ComponentError(
+                                role,
+                                f"internal port {api_port} is already in use "
+                                "(set ROLLUP_INTERNAL_API_PORT)",
+                            )
                         raise ComponentError(role, child.last_log_line())
                     log.warning("%s exited (%s): %s; restarting", role, code, child.last_log_line())
                     engines[role] = spawn(role)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -281,3 +282,29 @@ def test_crashed_api_is_restarted_and_stop_order(tmp_path: Path) -> None:
         own.proc.wait(60)
     assert set(gone) == {"ingest", "worker", "api"}, gone
     assert gone["ingest"] <= gone["worker"] <= gone["api"], gone
+
+
+def test_internal_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "ROLLUP_DATA_DIR": str(tmp_path),
+            "ROLLUP_HTTP_PORT": str(free_port()),
+            "ROLLUP_BROKER_PORT": str(free_port()),
+            "ROLLUP_INTERNAL_API_PORT": str(port),
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "run"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert f"api: internal port {port} is already in use" in out.stderr
+    assert "ROLLUP_INTERNAL_API_PORT" in out.stderr
