@@ -356,7 +356,7 @@ def build_app(
     if Role.INGEST in runtime.roles:
         # POST /api/event is served by FastEventPath, ahead of the router.
         routes.append(Route("/api/import", bulk_import, methods=["POST"]))
-    if not forwarding:  # else the api process answers the rest (see App.__call__)
+    if not forwarding:  # else the api process answers the rest (see Forwarding)
         routes += [
             Route("/api/admin/{action:str}", admin, methods=["GET", "POST"]),
             Route("/api/admin/keys/{key_id:str}/{action:str}", admin, methods=["POST"]),
