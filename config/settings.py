@@ -18,6 +18,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".rollup")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # `rollup run` only: its api process listens on 127.0.0.1 at this port, behind the ingest
+    # process that owns the public port; 0 picks a free port at start.
+    internal_api_port: int = Field(default=0, ge=0, le=65535)
+    # An ingest-only process with this set (`rollup run` sets it) forwards every request it does
+    # not answer itself to this api base URL, and merges the api's health and metrics into its own.
+    api_upstream_url: str | None = None
+    # Seconds a forwarded request may wait for the api's answer to begin (a slow Stats API query).
+    api_upstream_timeout_seconds: float = 60.0
 
     # External components; None means "the embedded one in data_dir".
     kafka_brokers: str | None = Field(

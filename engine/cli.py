@@ -81,22 +81,46 @@ def _worker(settings: Settings) -> int:
     return 0
 
 
+# `rollup run`'s engine processes. Stopped ingest first (no new hits; its producer flushes), then
+# the worker (hands its last rollups over), then the api (its store writer flushes them).
+START_ORDER = ("api", "ingest", "worker")
+STOP_ORDER = ("ingest", "worker", "api")
+LOOPBACK_PROXIES = '["127.0.0.1/32", "::1/128"]'
+
+
 def _run(settings: Settings) -> int:
     """The whole embedded stack in the foreground; Ctrl-C stops it in order."""
-    from engine.stack import ChildProcess, EmbeddedStack, port_in_use
+    from engine.stack import ChildProcess, EmbeddedStack, free_port, port_in_use
 
     if port_in_use(settings.http_host, settings.http_port):
         raise ComponentError(
             "http", f"port {settings.http_port} is already in use (set ROLLUP_HTTP_PORT)"
         )
+    api_port = settings.internal_api_port or free_port("127.0.0.1")
+    if port_in_use("127.0.0.1", api_port):
+        raise ComponentError(
+            "api", f"internal port {api_port} is already in use (set ROLLUP_INTERNAL_API_PORT)"
+        )
     data_dir = settings.data_dir.resolve()
     env = dict(os.environ)
     env["ROLLUP_DATA_DIR"] = str(data_dir)
+    env.pop("ROLLUP_API_UPSTREAM_URL", None)
     token = settings.admin_token
     generated = not token
     if not token:
         token = secrets.token_urlsafe(24)
     env["ROLLUP_ADMIN_TOKEN"] = token
+    # The ingest process owns the public port and forwards everything it does not answer to the
+    # api process, on loopback only; the api trusts its X-Forwarded-For (see engine/proxy.py).
+    role_env = {
+        "ingest": {"ROLLUP_API_UPSTREAM_URL": f"http://127.0.0.1:{api_port}"},
+        "api": {
+            "ROLLUP_HTTP_HOST": "127.0.0.1",
+            "ROLLUP_HTTP_PORT": str(api_port),
+            "ROLLUP_TRUSTED_PROXIES": LOOPBACK_PROXIES,
+        },
+        "worker": {},
+    }
     stack = EmbeddedStack(settings)
     stopping = False
 
@@ -114,7 +138,7 @@ def _run(settings: Settings) -> int:
         out = log_path.open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", role],
-            env=env,
+            env={**env, **role_env[role]},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -124,8 +148,8 @@ def _run(settings: Settings) -> int:
         return ChildProcess(role, proc, log_path)
 
     try:
-        engines["serve"] = spawn("serve")
-        engines["worker"] = spawn("worker")
+        for role in START_ORDER:
+            engines[role] = spawn(role)
         print(welcome(settings, _site_domains(settings), token if generated else None), flush=True)
         while not stopping:
             time.sleep(0.5)
@@ -135,13 +159,20 @@ def _run(settings: Settings) -> int:
             for role, child in list(engines.items()):
                 if not child.alive():
                     code = child.proc.returncode
-                    if role == "serve" and code == 1 and "already" in child.last_log_line():
+                    if role != "worker" and code == 1 and "already" in child.last_log_line():
+                        if role == "api":  # taken since the check above
+                            raise ComponentError(
+                                role,
+                                f"internal port {api_port} is already in use "
+                                "(set ROLLUP_INTERNAL_API_PORT)",
+                            )
                         raise ComponentError(role, child.last_log_line())
                     log.warning("%s exited (%s): %s; restarting", role, code, child.last_log_line())
                     engines[role] = spawn(role)
     finally:
-        for child in engines.values():
-            child.stop(timeout=15)
+        for role in STOP_ORDER:
+            if role in engines:
+                engines[role].stop(timeout=15)
         stack.stop()
         print("rollup stopped", flush=True)
     return 0
@@ -363,14 +394,16 @@ def parser() -> argparse.ArgumentParser:
     command(
         "run",
         "run the whole embedded stack in the foreground (Ctrl-C stops it)",
-        "Starts the broker, Redis, the ingest+api process and a worker, restarts a worker that "
-        "dies, and prints the URLs to open. Data and logs go to ROLLUP_DATA_DIR (./.rollup).",
+        "Starts the broker, Redis, the ingest process (on the public port; it forwards all but "
+        "hits to the api process on a loopback port), the api process and a worker, restarts "
+        "one that dies, and prints the URLs to open. Data and logs go to ROLLUP_DATA_DIR "
+        "(./.rollup).",
     )
     command("ingest", "production role: POST /api/event and /api/import")
     command("api", "production role: Stats API, realtime, and the ClickHouse writer")
     command("worker", "production role: the Faust rollup worker")
     command("migrate", "create or update the ClickHouse schema (cluster-aware)")
-    command("serve", "the ingest and api roles in one process (what `run` starts)")
+    command("serve", "the ingest and api roles in one process")
     imp = command(
         "import",
         "bulk import an NDJSON file (the pipeline of /api/import)",

@@ -23,11 +23,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from config import Settings
+from engine.combine import combined_metrics
 from engine.errors import AuthError, InputError, QueryError, UnavailableError
 from engine.http_metrics import RequestMetrics
 from engine.ingest import UNAVAILABLE
 from engine.ingest_asgi import FastEventPath
 from engine.live import live_summary, realtime_visitors
+from engine.proxy import send_error
 from engine.query import plan_query
 from engine.query.cache import ResultCache
 from engine.rejections import reason_of, reject
@@ -76,6 +78,7 @@ def build_app(
     """The ASGI app. With `manage_lifespan=False` the caller starts and stops
     `app.state.runtime` itself (the CLI does, to report start failures in one line)."""
     runtime = Runtime(settings, roles or frozenset({Role.INGEST, Role.API}))
+    forwarding = runtime.forwards
     # Exact only while this process is the store's only writer: the embedded chDB store.
     results = ResultCache(settings.query_cache_entries if settings.embedded_clickhouse else 0)
 
@@ -342,6 +345,8 @@ def build_app(
         return json_response(status, 200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
+        if runtime.proxy is not None:
+            return Response(await combined_metrics(runtime.proxy), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
@@ -351,21 +356,24 @@ def build_app(
     if Role.INGEST in runtime.roles:
         # POST /api/event is served by FastEventPath, ahead of the router.
         routes.append(Route("/api/import", bulk_import, methods=["POST"]))
-    routes += [
-        Route("/api/admin/{action:str}", admin, methods=["GET", "POST"]),
-        Route("/api/admin/keys/{key_id:str}/{action:str}", admin, methods=["POST"]),
-    ]
-    if Role.API in runtime.roles:
+    if not forwarding:  # else the api process answers the rest (see Forwarding)
         routes += [
-            Route("/api/v2/query", query, methods=["POST"]),
-            Route("/api/v1/stats/realtime/visitors", realtime_visitors_endpoint, methods=["GET"]),
-            Route("/api/v1/stats/realtime/live", realtime_live_endpoint, methods=["GET"]),
+            Route("/api/admin/{action:str}", admin, methods=["GET", "POST"]),
+            Route("/api/admin/keys/{key_id:str}/{action:str}", admin, methods=["POST"]),
         ]
-    routes += web_routes(
-        settings.web_dist_dir,
-        dashboard=Role.API in runtime.roles,
-        tracker=bool(runtime.roles & {Role.INGEST, Role.API}),
-    )
+        if Role.API in runtime.roles:
+            routes += [
+                Route("/api/v2/query", query, methods=["POST"]),
+                Route(
+                    "/api/v1/stats/realtime/visitors", realtime_visitors_endpoint, methods=["GET"]
+                ),
+                Route("/api/v1/stats/realtime/live", realtime_live_endpoint, methods=["GET"]),
+            ]
+        routes += web_routes(
+            settings.web_dist_dir,
+            dashboard=Role.API in runtime.roles,
+            tracker=bool(runtime.roles & {Role.INGEST, Role.API}),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -380,7 +388,8 @@ def build_app(
         lifespan=lifespan if manage_lifespan else None,
         middleware=[Middleware(RequestMetrics)],
     )
-    app.event_path = FastEventPath(app.starlette, runtime, settings)
+    inner = Forwarding(app.starlette, runtime) if forwarding else app.starlette
+    app.event_path = FastEventPath(inner, runtime, settings)
     app.state.runtime = runtime
     return app
 
@@ -397,3 +406,24 @@ class App(Starlette):
 
     async def starlette(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)
+
+
+# Answered by an ingest process that forwards the rest to the api process.
+LOCAL_PATHS = frozenset({"/api/health", "/metrics", "/api/import"})
+
+
+class Forwarding:
+    """Requests an ingest-only process does not answer itself go to the api process, ahead of
+    Starlette: the api's own router, middleware and metrics then see them as they would have."""
+
+    def __init__(self, app: Any, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in LOCAL_PATHS:
+            await self.app(scope, receive, send)
+        elif self.runtime.proxy is None:
+            await send_error(send, 503, "the ingest process is starting; retry shortly", "1")
+        else:
+            await self.runtime.proxy(scope, receive, send)

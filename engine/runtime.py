@@ -8,13 +8,16 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from config import Settings
+from engine.combine import combined_health
 from engine.errors import ComponentError
 from engine.ingest import Ingestor, SiteDirectory
 from engine.kafka import HitProducer, ensure_topics
+from engine.proxy import ApiProxy
 from engine.query.sql import Params
 from engine.ratelimit import SharedRateLimiter
 from engine.redis_conn import connect_redis
@@ -22,6 +25,9 @@ from engine.sites import Site, SiteRepository
 from engine.store.client import Store
 from engine.store.writer import StoreWriter
 from engine.visitor import SaltStore
+
+if TYPE_CHECKING:
+    from engine.http_metrics import Scope
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class Runtime:
     ingestor: Ingestor | None = None
     store: Store | None = None
     writer: StoreWriter | None = None
+    # Set in an ingest-only process given `api_upstream_url` (`rollup run`'s ingest).
+    proxy: ApiProxy | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -70,6 +78,14 @@ class Runtime:
             self.ingestor = Ingestor(
                 s, self.producer, SaltStore(self.redis), self.sites, limiter=self.limiter
             )
+        if self.forwards:
+            assert s.api_upstream_url is not None
+            self.proxy = ApiProxy(
+                s.api_upstream_url,
+                s.trusted_proxies,
+                s.api_upstream_timeout_seconds,
+                after_answer=self._after_forward,
+            )
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="sites-refresh"))
 
     async def stop(self) -> None:
@@ -87,6 +103,26 @@ class Runtime:
             self.sites_repo.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.proxy is not None:
+            await self.proxy.aclose()
+
+    @property
+    def forwards(self) -> bool:
+        """Whether this process forwards what it does not serve to an api process."""
+        return (
+            bool(self.settings.api_upstream_url)
+            and Role.INGEST in self.roles
+            and Role.API not in self.roles
+        )
+
+    async def _after_forward(self, scope: Scope, status: int) -> None:
+        # A site or key added through the admin API (served by the api process) is known here
+        # before the answer reaches the client, as it was when one process served both roles.
+        if scope["method"] == "POST" and scope["path"].startswith("/api/admin/") and status < 300:
+            try:
+                await self.refresh_sites()
+            except Exception as exc:  # the periodic refresh catches up
+                log.warning("sites refresh after an admin change failed: %s", exc)
 
     async def refresh_sites(self) -> None:
         assert self.sites_repo is not None
@@ -117,6 +153,8 @@ class Runtime:
                 status["clickhouse"] = "ok" if ok else "down"
             except Exception as exc:
                 status["clickhouse"] = f"down: {str(exc)[:100]}"
+        if self.proxy is not None:
+            status = await combined_health(status, self.proxy)
         return status
 
     async def _broker_health(self) -> str:

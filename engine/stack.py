@@ -30,6 +30,13 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def free_port(host: str) -> int:
+    """A port nothing listens on now (the kernel's pick), for a process started next."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def wait_for_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
