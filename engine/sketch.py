@@ -16,7 +16,8 @@ PRECISION = 14
 REGISTERS = 1 << PRECISION
 EXACT_LIMIT = 256
 _MASK64 = (1 << 64) - 1
-_ALPHA = 0.7213 / (1 + 1.079 / REGISTERS)
+_MAX_RANK = 64 - PRECISION + 1
+_ALPHA_INFINITY = 1 / (2 * math.log(2))
 
 
 def _mix(value: int) -> int:
@@ -70,11 +71,7 @@ class UniqueSketch:
         if self.exact is not None:
             return len(self.exact)
         assert self.registers is not None
-        estimate = _ALPHA * REGISTERS * REGISTERS / sum(2.0**-r for r in self.registers)
-        zeros = self.registers.count(0)
-        if estimate <= 2.5 * REGISTERS and zeros:
-            estimate = REGISTERS * math.log(REGISTERS / zeros)  # linear counting
-        return round(estimate)
+        return round(_estimate(self.registers))
 
     def to_bytes(self) -> bytes:
         body: Any = sorted(self.exact) if self.exact is not None else bytes(self.registers or b"")
@@ -87,3 +84,45 @@ class UniqueSketch:
         if isinstance(body, bytes):
             return cls(exact=None, registers=bytearray(body))
         return cls(exact=set(body))
+
+
+def _estimate(registers: bytearray) -> float:
+    """Ertl's improved HyperLogLog estimator ("New cardinality estimation algorithms for
+    HyperLogLog sketches", 2017): unbiased from a few hundred to billions without switching to
+    linear counting. The classic switch at 2.5 x registers used the raw estimate just above
+    it, where it overestimates: 4% too high at 39,000 hashes."""
+    histogram = [0] * (_MAX_RANK + 1)
+    for rank in registers:
+        histogram[rank] += 1
+    m = len(registers)
+    z = m * _tau(1 - histogram[_MAX_RANK] / m)
+    for rank in range(_MAX_RANK - 1, 0, -1):
+        z = 0.5 * (z + histogram[rank])
+    z += m * _sigma(histogram[0] / m)
+    return _ALPHA_INFINITY * m * m / z
+
+
+def _sigma(x: float) -> float:
+    if x == 1.0:
+        return math.inf
+    power, total = 1.0, x
+    while True:
+        x *= x
+        previous = total
+        total += x * power
+        power += power
+        if total == previous:
+            return total
+
+
+def _tau(x: float) -> float:
+    if x in (0.0, 1.0):
+        return 0.0
+    weight, total = 1.0, 1 - x
+    while True:
+        x = math.sqrt(x)
+        previous = total
+        weight *= 0.5
+        total -= (1 - x) ** 2 * weight
+        if total == previous:
+            return total / 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.sketch import EXACT_LIMIT, UniqueSketch
@@ -23,12 +23,15 @@ def test_exact_while_small(values: list[int]) -> None:
 
 @settings(max_examples=20, deadline=None)
 @given(st.integers(min_value=1, max_value=2**32), st.integers(min_value=1000, max_value=60_000))
-def test_large_counts_within_three_standard_errors(seed: int, n: int) -> None:
+@example(seed=43034, n=39364)
+def test_large_counts_within_four_standard_errors(seed: int, n: int) -> None:
+    # 4 x 0.81% (2^14 registers): 3 would fail one run in twenty by chance alone (20 examples).
+    # The classic estimator failed it by bias: 4.1% too high at 39,364 hashes (seed 43034).
     rng = random.Random(seed)
     sketch = UniqueSketch()
     for _ in range(n):
         sketch.add(rng.getrandbits(64))
-    assert abs(sketch.count() - n) <= 0.025 * n
+    assert abs(sketch.count() - n) <= 0.033 * n
 
 
 @settings(max_examples=30, deadline=None)
