@@ -119,8 +119,11 @@ def freshness(
     """Seconds from a 202 to the hit's page showing in /api/v2/query and in the live endpoint."""
     to_query, to_live = [], []
     headers = {"Authorization": f"Bearer {key}"}
-    for _ in range(samples):
-        page = f"/fresh-{uuid.uuid4().hex[:8]}"
+    for sample in range(samples):
+        # The live endpoint lists the 10 top pages, ties by name: every probe page has one
+        # view, so each probe's name sorts before the earlier ones' (a random name made the
+        # eleventh probe of a run invisible there, "later than the limit").
+        page = f"/fresh-{9999 - sample:04d}-{uuid.uuid4().hex[:8]}"
         body = {"n": "pageview", "u": f"https://bench.test{page}", "d": "bench.test"}
         sent = time.monotonic()
         resp = httpx.post(f"{stack.url}/api/event", json=body, headers={"User-Agent": UA})
