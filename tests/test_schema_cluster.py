@@ -97,15 +97,7 @@ def test_cluster_ddl_replicates_and_distributes_every_table() -> None:
 def test_rows_that_merge_share_a_shard() -> None:
     # Rows ClickHouse folds together (the ORDER BY key) must hash to one shard.
     cluster = ddl(90, "c")
-    for table in (
-        "sessions",
-        "rollup_minute",
-        "rollup_hour",
-        "rollup_day",
-        "rollup_week",
-        "rollup_month",
-        "rollup_quarter",
-    ):
+    for table in ("sessions", *ROLLUP_LEVELS.values()):
         order = re.search(r"ORDER BY (.*)", create_of(cluster, f"{table}_local"))
         assert order is not None
         key_columns = set(re.findall(r"\w+", SHARDING_KEYS[table])) - {"cityHash64"}
