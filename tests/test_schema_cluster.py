@@ -18,11 +18,11 @@ from engine.store.schema import ROLLUP_LEVELS, SHARDING_KEYS, cluster_client_set
 # columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades);
 # issue 5 added the session_hour rollup, then the week and month levels and small granules for
 # the day and coarser levels (an existing rollup_day is rebuilt with them: Store.migrate), then
-# the quarter level.
+# the quarter level, then day_totals.
 SINGLE_NODE_SHA256 = {
-    90: "bde501b74acfcc07eaee498877daaaf0af6c7e08751b7e909732fe52e5e1aee1",
-    1: "af2b74fcd9ca4e63f7fe449f206b896e9088709ab309fb62c5e143f9303b0aef",
-    400: "71a20ae435c6f1988ea5cdcaf26288c14bdd305285f1546ee0ed3f34f43fe1f9",
+    90: "10e724ecd7a0d032f1dc560cd06d4001a1578e83820155eef8db4166e915a7d5",
+    1: "de9a8f2ce3faeb2b5f9e698cc1ed65d9577e2f5ffd6b016677feeb47d3f46dca",
+    400: "78e0b39a4be07d88c3f27bc2cf47367c03b9579bd3859a3c02af1bb1420816f1",
 }
 TABLES = (
     "events",
@@ -35,6 +35,7 @@ TABLES = (
     "rollup_month",
     "rollup_quarter",
     "session_hour",
+    "day_totals",
 )
 
 
@@ -97,7 +98,7 @@ def test_cluster_ddl_replicates_and_distributes_every_table() -> None:
 def test_rows_that_merge_share_a_shard() -> None:
     # Rows ClickHouse folds together (the ORDER BY key) must hash to one shard.
     cluster = ddl(90, "c")
-    for table in ("sessions", *ROLLUP_LEVELS.values()):
+    for table in ("sessions", "day_totals", *ROLLUP_LEVELS.values()):
         order = re.search(r"ORDER BY (.*)", create_of(cluster, f"{table}_local"))
         assert order is not None
         key_columns = set(re.findall(r"\w+", SHARDING_KEYS[table])) - {"cityHash64"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,10 +15,12 @@ import pytest
 
 from config import load_settings
 from engine.hits import Hit
+from engine.query import plan_query
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from engine.store.client import Store
 from engine.store.schema import LEVEL_GRANULARITY, ROLLUP_LEVELS, ddl
 from engine.store.writer import StoreWriter
+from tests.query_helpers import run
 
 
 def hit(page: str, vid: int, ts: float) -> Hit:
@@ -243,3 +246,100 @@ async def test_rollup_log_columns_arrive_intact(store: Store) -> None:
     assert {(p, o) for *_, p, o in stored} == {(3, 41)}
     assert store.query_sync("SELECT count() FROM rollup_log")[0][0] == rows
     assert sink.pending == 0
+
+
+# --- day_totals: closed days finalized, and kept equal to rollup_day when late data arrive ---
+
+DAY = 86_400
+
+
+def by_day(store: Store, now: datetime) -> dict[str, tuple[int, int]]:
+    """Visitors and pageviews by day of November through the planner (day_totals for the days
+    it holds)."""
+    plan = plan_query(
+        {"site_id": "w.test", "metrics": ["visitors", "pageviews"],
+         "date_range": ["2026-11-01", "2026-11-30"], "dimensions": ["time:day"]},
+        timezone="Europe/Berlin", now=now, first_day=None,
+    )  # fmt: skip
+    assert any("day_totals FINAL" in s.sql for s in plan.statements)
+    answer = run(store._client, plan)
+    return {r["dimensions"][0]: tuple(r["metrics"]) for r in answer["results"]}
+
+
+def exact_by_day(visitors_of_day: dict[str, set[int]]) -> dict[str, tuple[int, int]]:
+    return {d: (len(v), len(v)) for d, v in sorted(visitors_of_day.items()) if v}
+
+
+def finalized(store: Store) -> dict[str, int]:
+    rows = store.query_sync(
+        "SELECT toString(day), visitors FROM day_totals FINAL WHERE is_deleted = 0"
+    )
+    return dict(rows)  # type: ignore[arg-type]
+
+
+async def test_closed_days_are_finalized_and_late_data_reopen_them(store: Store) -> None:
+    """Oracle: the distinct visitors of the generated hits of each local day (Berlin). Every
+    visitor has one pageview a day, so pageviews equal visitors."""
+    today = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    clock = [today]
+    writer = StoreWriter(store._settings, store, now=lambda: clock[0])
+    await writer.reload_applied()
+    # Noon UTC is the same local day in Berlin: days 1..5 before today, plus today.
+    noon = datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp()
+    seen: dict[str, set[int]] = {}
+    offset = 0
+
+    async def send(days_ago: int, visitors: range) -> None:
+        nonlocal offset
+        day = (datetime.fromtimestamp(noon, UTC) - timedelta(days=days_ago)).date().isoformat()
+        seen.setdefault(day, set()).update(visitors)
+        hits = [hit("/", v, noon - days_ago * DAY + i) for i, v in enumerate(visitors)]
+        await writer._apply(FakeConsumer(), records([output(0, offset, hits)]))  # type: ignore[arg-type]
+        offset += 1
+
+    for days_ago in range(6):
+        await send(days_ago, range(days_ago * 7, days_ago * 7 + 20 + days_ago))
+    # Closed at 15:00 UTC: the days before yesterday (yesterday ends at UTC-12 only at noon
+    # today, plus an hour of grace: it closes at 13:00 today, so it is closed too).
+    assert sorted(finalized(store)) == sorted(d for d in seen if d < "2026-11-20")
+    assert by_day(store, today) == exact_by_day(seen)
+    # Late data for a closed day (an import, a worker catching up): reopened, then finalized
+    # again with them, in the same batch.
+    await send(3, range(500, 530))
+    assert finalized(store)["2026-11-17"] == len(seen["2026-11-17"]) == 20 + 3 + 30
+    assert by_day(store, today) == exact_by_day(seen)
+    # A day later, today closes too.
+    clock[0] = today + timedelta(days=1)
+    await send(0, range(900, 905))
+    assert "2026-11-20" in finalized(store)
+    assert by_day(store, clock[0]) == exact_by_day(seen)
+
+
+async def test_a_crash_between_retracting_and_finalizing_again_stays_exact(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    noon_before = datetime(2026, 11, 18, 12, 0, tzinfo=UTC).timestamp()
+    writer = StoreWriter(store._settings, store, now=lambda: now)
+    await writer.reload_applied()
+    first = [hit("/", v, noon_before + v) for v in range(10)]
+    await writer._apply(FakeConsumer(), records([output(0, 0, first)]))  # type: ignore[arg-type]
+    assert finalized(store) == {"2026-11-18": 10}
+
+    async def crash(pairs: list[Any]) -> None:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(writer.day_totals, "refinalize", crash)
+    late = [hit("/", v, noon_before + v) for v in range(5, 25)]
+    with pytest.raises(RuntimeError):
+        await writer._apply(FakeConsumer(), records([output(0, 1, late)]))  # type: ignore[arg-type]
+    # Retracted, rollup_day has the late hits: the query merges its sketches instead.
+    assert finalized(store) == {}
+    assert by_day(store, now) == {"2026-11-18": (25, 30)}
+    restarted = StoreWriter(store._settings, store, now=lambda: now)
+    await restarted.reload_applied()
+    assert finalized(store) == {"2026-11-18": 25}
+    assert by_day(store, now) == {"2026-11-18": (25, 30)}
+    # Retracted rows before the crash are history: a replay changes nothing.
+    await restarted._apply(FakeConsumer(), records([output(0, 1, late)]))  # type: ignore[arg-type]
+    assert finalized(store) == {"2026-11-18": 25}

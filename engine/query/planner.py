@@ -582,7 +582,13 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         dim = next(iter(plain)) if plain else TOTAL
         conds.append(f"dim = {params.string(dim)}")
         bound = "sum(events)"
-        if table == "rollup_day":
+        if table == "rollup_day" and _by_day_totals(query, gran, dim):
+            source = _day_totals_source(query.site_id, dr, params)
+            aggregates = dict(_DAY_TOTALS_AGGREGATES)
+            conds = ["1"]
+            bound = "sum(t_events)"
+            having = f"{bound} > 0"
+        elif table == "rollup_day":
             spans = day_cover(dr.local_start_date, dr.local_end_date, _COARSE_FOR.get(gran, ()))
             if any(level != "day" for level, _, _ in spans):
                 source = _day_levels(spans, conds, params)
@@ -613,6 +619,37 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         having,
         bound,
         tight,
+    )
+
+
+def _by_day_totals(query: Query, gran: Granularity | None, dim: str) -> bool:
+    """A site's totals by day, no filters, only metrics that are per-day numbers (not a
+    share of the range's visitors, not a vital's quantile): day_totals can answer its closed
+    days."""
+    return (
+        gran == "day"
+        and dim == TOTAL
+        and not query.filters
+        and all(m in BASE_METRICS for m in query.metrics if m in EVENT_METRICS)
+    )
+
+
+_DAY_TOTALS_AGGREGATES: Final[dict[str, str]] = {m: f"sum(t_{m})" for m in BASE_METRICS}
+
+
+def _day_totals_source(site: str, dr: DateRange, params: Params) -> str:
+    """Each local day of the range once: its finalized numbers from day_totals, or for the
+    days not finalized there (today, a day given late data) rollup_day's merged totals row."""
+    site_is = f"site = {params.string(site)}"
+    days = f"day >= {params.date(dr.local_start_date)} AND day < {params.date(dr.local_end_date)}"
+    finalized = f"day_totals FINAL WHERE {site_is} AND {days} AND is_deleted = 0"
+    columns = ", ".join(f"{m} AS t_{m}" for m in BASE_METRICS)
+    merged = ", ".join(f"{_ROLLUP_AGGREGATES[m]} AS t_{m}" for m in BASE_METRICS)
+    return (
+        f"(SELECT day, {columns} FROM {finalized}"
+        f" UNION ALL SELECT day, {merged} FROM rollup_day"
+        f" WHERE {site_is} AND dim = {params.string(TOTAL)} AND {days}"
+        f" AND day NOT IN (SELECT day FROM {finalized}) GROUP BY day)"
     )
 
 

@@ -211,6 +211,22 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
             src_offset SimpleAggregateFunction(max, UInt64)
         ) ENGINE = AggregatingMergeTree ORDER BY (site, dim, hour, value)
         """,
+        # Per site and closed local day: rollup_day's totals row with its unique count
+        # finalized (engine/store/day_totals.py), so a year of visitors by day reads 365
+        # numbers, not 365 sketches. A day given data after it closed is retracted
+        # (is_deleted) before rollup_day takes the data, and finalized again after.
+        """
+        CREATE TABLE IF NOT EXISTS day_totals (
+            site LowCardinality(String),
+            day Date,
+            visitors UInt64,
+            pageviews UInt64,
+            events UInt64,
+            version UInt64,
+            is_deleted UInt8
+        ) ENGINE = ReplacingMergeTree(version, is_deleted)
+        ORDER BY (site, day)
+        """,
         # Earlier schema versions fed the levels by materialized views; see derive_sql.
         "DROP VIEW IF EXISTS rollup_minute_mv",
         "DROP VIEW IF EXISTS rollup_hour_mv",
@@ -281,6 +297,7 @@ SHARDING_KEYS: dict[str, str] = {
     "rollup_month": "cityHash64(site, dim, value)",
     "rollup_quarter": "cityHash64(site, dim, value)",
     "session_hour": "cityHash64(site, dim, value)",
+    "day_totals": "cityHash64(site, day)",
 }
 
 _CREATE = re.compile(
@@ -351,17 +368,20 @@ LEVEL_COLUMNS: dict[str, str] = {
 _ONE_BLOCK = 1 << 50
 
 
+def log_ranges_sql(ranges: dict[int, tuple[int, int]]) -> str:
+    """The log rows of source positions in (low, high] per hits partition."""
+    return " OR ".join(
+        f"(src_partition = {int(p)} AND src_offset > {int(lo)} AND src_offset <= {int(hi)})"
+        for p, (lo, hi) in sorted(ranges.items())
+    )
+
+
 def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
     """Fold the log rows of source positions in (low, high] per hits partition into `table`
     (all of the log when `ranges` is None)."""
     if ranges is not None and not ranges:
         raise ValueError("no ranges to derive")
-    where = "1"
-    if ranges:
-        where = " OR ".join(
-            f"(src_partition = {int(p)} AND src_offset > {int(lo)} AND src_offset <= {int(hi)})"
-            for p, (lo, hi) in sorted(ranges.items())
-        )
+    where = "1" if ranges is None else log_ranges_sql(ranges)
     time_col = LEVEL_COLUMNS[table]
     # Each log row's samples become one sketch state (Float64: the state's argument type).
     p = VITALS_SKETCH_PARAMS
@@ -423,7 +443,7 @@ def rebuild_session_rollup_sql() -> str:
     partition recording the highest source offset `sessions` holds, which is what the writer's
     replay guard reads."""
     pairs = ", ".join(
-        f"({_quote(dim)}, {column or _quote('')})" for dim, column in SESSION_ROLLUP_COLUMNS.items()
+        f"({quote(dim)}, {column or quote('')})" for dim, column in SESSION_ROLLUP_COLUMNS.items()
     )
     return f"""
         INSERT INTO {SESSION_ROLLUP}
@@ -444,5 +464,5 @@ def rebuild_session_rollup_sql() -> str:
     """
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

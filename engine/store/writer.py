@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from config import Settings
 from engine.rollup_rows import WorkerOutput, decode_output
+from engine.store import day_totals
 from engine.store.client import Store
 from engine.store.schema import (
     COARSE_LEVELS,
@@ -68,6 +70,55 @@ class Target:
     applied: dict[int, int] = field(default_factory=dict)
 
 
+class DayTotals:
+    """The writer's side of day_totals (see engine/store/day_totals.py): finalize days as
+    they close, and retract then finalize again the closed days that a log stretch adds to."""
+
+    def __init__(self, store: Store, now: Callable[[], datetime]) -> None:
+        self.store = store
+        self.now = now
+        self.through: date | None = None  # days before it are finalized (or had no data)
+        self.version = 0
+
+    def _next_version(self) -> int:
+        self.version += 1
+        return self.version
+
+    async def load(self) -> None:
+        ((rows, newest, version),) = await self.store.query(day_totals.STATE_SQL)
+        self.through = newest + timedelta(days=1) if rows else None
+        self.version = int(version)
+        retracted = [(str(site), day) for site, day in await self.store.query(
+            day_totals.RETRACTED_SQL
+        )]  # fmt: skip
+        if retracted:  # a crash between a retraction and the finalizing after it
+            await self.refinalize(retracted)
+
+    async def close_days(self) -> None:
+        """Finalize the days that closed since the last call."""
+        before = day_totals.closed_before(self.now())
+        if self.through is not None and before <= self.through:
+            return
+        sql = day_totals.finalize_sql(self._next_version(), since=self.through, before=before)
+        await self.store.command(sql)
+        self.through = before
+
+    async def retract_touched(self, ranges: dict[int, tuple[int, int]]) -> list[tuple[str, date]]:
+        """Before rollup_day takes these log ranges: retract the finalized days they add to."""
+        if self.through is None:
+            return []
+        rows = await self.store.query(day_totals.touched_sql(ranges, self.through))
+        pairs = [(str(site), day) for site, day in rows]
+        if pairs:
+            await self.store.command(day_totals.retract_sql(pairs, self._next_version()))
+        return pairs
+
+    async def refinalize(self, pairs: list[tuple[str, date]]) -> None:
+        sites, days = {s for s, _ in pairs}, {d for _, d in pairs}
+        sql = day_totals.finalize_sql(self._next_version(), sites=sites, days=days)
+        await self.store.command(sql)
+
+
 class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, writer: StoreWriter) -> None:
         self._writer = writer
@@ -82,9 +133,12 @@ class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
 class StoreWriter:
     """Runs in the process that owns the store (`rollup api`, or `serve` in the embedded stack)."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, now: Callable[[], datetime] | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.day_totals = DayTotals(store, now or (lambda: datetime.now(UTC)))
         self.targets = [
             Target("events", EventsSink(store), lambda out: out.events),
             Target("rollup_log", RollupLogSink(store), lambda out: out.rollups),
@@ -152,6 +206,7 @@ class StoreWriter:
         for table, have in self.levels.items():
             for partition, offset in have.items():
                 APPLIED_OFFSET.labels(table, str(partition)).set(offset)
+        await self.day_totals.load()
         # A crash between a log insert and the level inserts leaves levels behind: catch up.
         await self.derive_levels()
         self.epoch += 1
@@ -168,10 +223,16 @@ class StoreWriter:
             }
             if not ranges:
                 continue
+            retracted: list[tuple[str, date]] = []
+            if table == ROLLUP_LEVELS["day"]:
+                retracted = await self.day_totals.retract_touched(ranges)
             await self.store.command(derive_sql(table, ranges))
             for partition, (_, high) in ranges.items():
                 have[partition] = high
                 APPLIED_OFFSET.labels(table, str(partition)).set(high)
+            if retracted:
+                await self.day_totals.refinalize(retracted)
+        await self.day_totals.close_days()
 
     async def run(self) -> None:
         while True:
