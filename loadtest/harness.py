@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +24,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(
+                sample.labels.get(k) == v for k, v in (labels or {}).items()
+            ):
+                total += sample.value
+    return total
 
 
 @dataclass
@@ -48,6 +64,10 @@ class RunningStack:
 
     def add_site(self, domain: str, timezone: str = "UTC") -> str:
         return self.rollup("sites", "add", domain, "--timezone", timezone).strip().splitlines()[-1]
+
+    @property
+    def worker_metrics(self) -> str:
+        return f"http://127.0.0.1:{self.env['ROLLUP_WORKER_WEB_PORT']}/metrics"
 
     def logs(self) -> str:
         parts = []

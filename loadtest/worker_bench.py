@@ -30,14 +30,13 @@ from typing import Any
 import httpx
 import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings, load_settings
 from engine.hits import Hit, decode_hits, encode_hits
 from engine.kafka import ensure_topics
 from engine.stack import EmbeddedStack
 from loadtest import progress
-from loadtest.harness import free_port
+from loadtest.harness import free_port, metric
 from loadtest.results import Target, write_result
 from loadtest.synthetic import hits_stream, messages, site_names
 
@@ -96,21 +95,6 @@ async def produce(bootstrap: str, topic: str, batches: Iterator[tuple[str, list[
     finally:
         await producer.stop()
     return sent
-
-
-def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
-    try:
-        text = httpx.get(url, timeout=2).text
-    except httpx.HTTPError:
-        return 0.0
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(
-                sample.labels.get(k) == v for k, v in (labels or {}).items()
-            ):
-                total += sample.value
-    return total
 
 
 def levels_caught_up(url: str) -> bool:
