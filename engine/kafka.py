@@ -1,4 +1,5 @@
-"""Kafka plumbing shared by the roles: topic setup and the ingest's group-commit hit producer."""
+"""Kafka plumbing shared by the roles: topic setup, group consumers and the ingest's group-commit
+hit producer."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import Counter, Gauge, Histogram
@@ -34,6 +36,23 @@ PRODUCE_FAILURES = Counter(
     "rollup_ingest_produce_failures_total", "Hits messages the broker did not acknowledge"
 )
 PENDING_HITS = Gauge("rollup_ingest_pending_hits", "Hits waiting for the broker")
+
+
+def group_consumer(
+    settings: Settings, group: str, *topics: str, **options: Any
+) -> AIOKafkaConsumer:
+    """A consumer in group `<app id>-<group>` that commits by hand (after its writes), reads a
+    new group's partitions from their start, and is taken out of the group 10 s after it dies."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.app_id}-{group}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        **options,
+    )
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:

@@ -25,6 +25,11 @@ def pages_key(site: str, minute: int) -> str:
     return f"live:{{{site}}}:pages:{minute}"
 
 
+def state_key(site: str, minute: int) -> str:
+    """The minute's live state (engine/live_state.py) the counters above derive from."""
+    return f"live:{{{site}}}:state:{minute}"
+
+
 def recent_minutes(now: float, count: int) -> list[int]:
     """The `count` minute buckets ending with the current one, oldest first."""
     current = int(now // 60) * 60

@@ -151,8 +151,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, Any]:
-    """Start the writer (api role) and one worker on the waiting backlog; time the drain."""
+def drain_engine(
+    c: Cluster, expected: int, messages: int = 0, timeout: float = 1800
+) -> dict[str, Any]:
+    """Start the writer (api role) and one worker on the waiting backlog; time the drain: the
+    worker's hits, the store's rows and levels, and the live counters' `messages`."""
     logs = c.settings.data_dir / "logs"
     api_port, worker_port = free_port(), free_port()
     api = spawn("api", {**c.env, "ROLLUP_HTTP_PORT": str(api_port)}, logs / "api.log")
@@ -192,7 +195,8 @@ def drain_engine(c: Cluster, expected: int, timeout: float = 1800) -> dict[str, 
             rows = metric(api_metrics, "rollup_store_rows_total", {"table": "events"})
             bars.update(processed_task, completed=processed)
             bars.update(stored_task, completed=rows)
-            if rows >= expected and levels_caught_up(api_metrics):
+            live = metric(worker_metrics, "rollup_worker_live_messages_total")
+            if rows >= expected and live >= messages and levels_caught_up(api_metrics):
                 stored = now
                 break
             time.sleep(0.5)  # each scrape costs the writer time too
@@ -244,10 +248,9 @@ def drain_and_verify(hits: list[Hit]) -> dict[str, Any]:
     """On a fresh cluster: `hits` into the topic, the engine drains them, the store is checked."""
     with cluster() as c:
         asyncio.run(ensure_topics(c.settings))
-        asyncio.run(
-            produce(c.bootstrap, c.settings.hits_topic, messages(iter(hits), HITS_PER_MESSAGE))
-        )
-        result = drain_engine(c, len(hits))
+        batches = list(messages(iter(hits), HITS_PER_MESSAGE))
+        asyncio.run(produce(c.bootstrap, c.settings.hits_topic, iter(batches)))
+        result = drain_engine(c, len(hits), len(batches))
         result["check"] = verify_store(c.settings, hits)
     return result
 

@@ -1,8 +1,8 @@
-"""Live counters in Redis, derived from the worker's table state.
+"""Live counters in Redis, each written with the live state it derives from (topologies/live.py).
 
-Writes are idempotent: absolute pageview counts (SET), absolute per-page scores (ZADD) and
-HyperLogLog adds (PFADD), so replaying a batch after a crash changes nothing. Every key expires
-on its own, so Redis stays bounded.
+Writes are idempotent: the state and absolute pageview counts (SET), absolute per-page scores
+(ZADD) and HyperLogLog adds (PFADD), so writing a batch again after a crash changes nothing.
+Every key expires on its own, so Redis stays bounded.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from engine.live_keys import (
     VISITORS_TTL,
     pages_key,
     pageviews_key,
+    state_key,
     visitors_key,
 )
 from engine.live_state import MinuteState
@@ -56,6 +57,7 @@ class LiveCountersSink(Sink[LiveUpdate]):
             return 0
         pipe: Any = self._redis.pipeline(transaction=False)
         for (site, minute), state in self._latest.items():
+            pipe.set(state_key(site, minute), state.to_bytes(), exat=minute + PAGEVIEWS_TTL)
             pipe.set(pageviews_key(site, minute), state.pageviews, exat=minute + PAGEVIEWS_TTL)
             if state.pages:
                 pipe.zadd(pages_key(site, minute), state.pages)

@@ -1,35 +1,31 @@
-"""The rollup topology: hits → per-minute rollup deltas (to the store) and live counters (Redis).
+"""The rollup topology: hits → sessions and per-minute rollup deltas (to the store).
 
 One rollups message per hits message, tagged with the hits partition and offset, so the store can
 recognise a replay. Events are acknowledged (and so their offsets committed) only after their
-rollups were acknowledged by the broker and their live counters written.
+rollups were acknowledged by the broker. The live counters are the live topology's, in a thread
+of the same process (topologies/live.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import atexit
 import gc
 import logging
 import os
 import time
-from collections import defaultdict
 from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 import faust
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
 
 from config import Settings
 from engine.hits import Hit, decode_hits
-from engine.live_keys import LIVE_HORIZON
-from engine.live_state import MinuteState
-from engine.redis_conn import connect_redis
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
-from sinks.redis_live import LiveCountersSink, LiveUpdate
 from topologies import consumer_order, end_offsets, worker_metrics
-from topologies.session_stage import SessionStage, event_context
+from topologies.live import LiveCounters
+from topologies.session_stage import SessionStage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +34,6 @@ MESSAGES_PROCESSED = Counter("rollup_worker_messages_total", "Hits messages proc
 BAD_MESSAGES = Counter(
     "rollup_worker_bad_messages_total", "Hits messages that could not be decoded"
 )
-LIVE_FAILURES = Counter("rollup_worker_live_failures_total", "Failed Redis live-counter writes")
 BATCH_SECONDS = Histogram("rollup_worker_batch_seconds", "Time to process one batch of messages")
 LAG_SECONDS = Histogram(
     "rollup_worker_event_lag_seconds",
@@ -71,21 +66,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-# A live hit is one whose event time is near its arrival; imports of old data skip Redis.
-LIVE_SKEW_SECONDS = 120
-
-
-def live_hits(hits: list[Hit], arrived: float) -> dict[str, list[Hit]]:
-    by_site: dict[str, list[Hit]] = defaultdict(list)
-    for hit in hits:
-        if (
-            abs(hit["ts"] - arrived) <= LIVE_SKEW_SECONDS
-            and hit["ts"] >= time.time() - LIVE_HORIZON
-        ):
-            by_site[hit["site"]].append(hit)
-    return by_site
-
-
 def _die(reason: str) -> NoReturn:
     log.critical("%s: exiting without committing its offsets", reason, exc_info=True)
     logging.shutdown()
@@ -99,7 +79,7 @@ async def _finish_or_die(batch: asyncio.Future[None]) -> None:
         _die("rollup batch interrupted")
 
 
-def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.App:
+def build_worker_app(settings: Settings) -> faust.App:
     end_offsets.install(settings.kafka_bootstrap)
     consumer_order.install()
     app = faust.App(f"{settings.app_id}-worker", **faust_settings(settings))
@@ -117,18 +97,6 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         value_serializer="raw",
         key_serializer="raw",
     )
-    live_redis = redis or connect_redis(settings)
-    live = LiveCountersSink(live_redis)
-    # Per site and arrival minute: pageviews, top pages and a unique-visitor sketch, in RocksDB
-    # with a changelog; Faust expires the windows after an hour.
-    live_minutes = app.Table(
-        "live-minutes",
-        default=bytes,
-        key_type=str,
-        value_type=bytes,
-        partitions=settings.topic_partitions,
-    ).tumbling(60, expires=dt.timedelta(minutes=65))
-
     # Per (site, visitor): the events of the sessions that may still change.
     sessions_table = app.Table(
         "sessions",
@@ -141,18 +109,13 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
         sessions_table, settings.session_lateness_seconds, settings.session_state_idle_seconds
     )
 
-    worker_metrics.install(
-        app, settings, {"live-minutes": live_minutes.table, "sessions": sessions_table}
-    )
+    worker_metrics.install(app, settings, {"sessions": sessions_table})
 
     @app.timer(interval=settings.session_expiry_interval)  # type: ignore[untyped-decorator]
     async def expire_sessions() -> None:
         sessions.expire()
 
     in_order = consumer_order.InOrder(app, settings.hits_topic)
-
-    # Per batch: (site, arrival minute) -> the minute's state and the last event touching it.
-    live_batch: dict[tuple[str, int], tuple[MinuteState, faust.EventT[Any]]] = {}
 
     def decode(event: faust.EventT[Any]) -> list[Hit] | None:
         message = event.message
@@ -164,30 +127,6 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                 "skipping undecodable hits message %s/%s", message.partition, message.offset
             )
             return None
-
-    def count_live(event: faust.EventT[Any], hits: list[Hit]) -> None:
-        message = event.message
-        minute = int(message.timestamp // 60) * 60  # the window Faust picks for this event
-        for site, site_hits in live_hits(hits, message.timestamp).items():
-            cached = live_batch.get((site, minute))
-            if cached is None:
-                with event_context(event):
-                    state = MinuteState.from_bytes(live_minutes[site].current())
-            else:
-                state = cached[0]
-            added = state.apply(site_hits, message.offset)
-            if added is None:
-                continue  # replayed after a restart: already in the table
-            live_batch[(site, minute)] = (state, event)
-            live.add(LiveUpdate(site, minute, state, added), message.partition, message.offset)
-
-    async def flush_live() -> None:
-        try:
-            await live.flush()
-        except Exception as exc:  # live counters are best effort; rollups are not
-            LIVE_FAILURES.inc()
-            live.discard()
-            log.warning("live counters not updated: %s", exc)
 
     async def process_message(
         event: faust.EventT[Any], hits: list[Hit]
@@ -216,11 +155,7 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
                 continue
             hits = decode(event)
             if hits is not None:
-                count_live(event, hits)
                 admitted.append((event, hits))
-        # Live counters first: dashboards poll them every few seconds, and they need none of
-        # the session and rollup work below (page, visitor and arrival time only).
-        await flush_live()
         sends = []
         newest_ts = 0.0
         for event, hits in admitted:
@@ -229,10 +164,6 @@ def build_worker_app(settings: Settings, redis: Redis | None = None) -> faust.Ap
             newest_ts = max(newest_ts, newest)
         # One table write per key per batch, under the last event that touched the key.
         sessions.end_batch()
-        for (site, _minute), (state, event) in live_batch.items():
-            with event_context(event):
-                live_minutes[site] = state.to_bytes()
-        live_batch.clear()
         # The batch's offsets are acknowledged when this returns: only once every output is
         # acknowledged by the broker.
         await asyncio.gather(*sends)
@@ -273,6 +204,9 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_worker_app(settings)
+    live = LiveCounters(settings)
+    live.start()
+    atexit.register(live.stop)
     # A batch allocates a few objects per hit and frees them together: the default young-
     # generation threshold (700) ran collections that walk every cached state, 6% of the time.
     gc.freeze()

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from config import Settings
+from engine.kafka import group_consumer
 from engine.rollup_rows import WorkerOutput, decode_output
 from engine.store import day_totals
 from engine.store.client import Store
@@ -249,13 +250,9 @@ class StoreWriter:
                 await asyncio.sleep(2.0)
 
     async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=f"{self.settings.app_id}-store",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+        consumer = group_consumer(
+            self.settings,
+            "store",
             max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
