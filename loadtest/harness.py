@@ -41,6 +41,20 @@ def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
     return total
 
 
+def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """One engine role (`python -m engine.cli <role>`) in its own session, its output
+    appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", role],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class RunningStack:
     url: str

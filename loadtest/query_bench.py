@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from loadtest.harness import spawn
 from loadtest.query_data import RAW_TABLE, SITE, DataSet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,15 +241,7 @@ def running_api(data_dir: Path, retention_days: int) -> Any:
             timeout=120,
         )
         key = out.stdout.strip().splitlines()[-1]
-        log = (data_dir / "logs" / "api.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "api"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn("api", env, data_dir / "logs" / "api.log")
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:

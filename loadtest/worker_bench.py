@@ -36,7 +36,7 @@ from engine.hits import Hit, decode_hits, encode_hits
 from engine.kafka import ensure_topics
 from engine.stack import EmbeddedStack
 from loadtest import progress
-from loadtest.harness import free_port, metric
+from loadtest.harness import free_port, metric, spawn
 from loadtest.results import Target, write_result
 from loadtest.synthetic import hits_stream, messages, site_names
 
@@ -107,18 +107,6 @@ def levels_caught_up(url: str) -> bool:
         metric(url, "rollup_store_applied_offset", {"table": level}) == logged
         for level in ROLLUP_LEVELS.values()
     )
-
-
-def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", role],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.harness import spawn
 from tests.conftest import ROOT, Stack, free_port, running_stack
 
 pytestmark = pytest.mark.integration
@@ -202,14 +203,7 @@ def lone_ingest(stack: Stack) -> Iterator[str]:
         "ROLLUP_HTTP_PORT": str(port),
         "ROLLUP_API_UPSTREAM_URL": f"http://127.0.0.1:{free_port()}",
     }
-    log = (stack.data_dir / "logs" / "lone-ingest.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "ingest"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = spawn("ingest", env, stack.data_dir / "logs" / "lone-ingest.log")
     url = f"http://127.0.0.1:{port}"
     try:
 
@@ -225,7 +219,6 @@ def lone_ingest(stack: Stack) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-        log.close()
 
 
 def test_api_process_down(lone_ingest: str, site_key: str) -> None:

@@ -118,8 +118,8 @@ class LiveCounters:
 async def apply(redis: Redis, records: list[Any]) -> None:
     """Fold hits records (aiokafka's: partition, offset, timestamp in ms, value) into the live
     states and counters in Redis; records at or below a state's offset change nothing."""
-    # (site, minute) -> [(offset, hits)], in offset order within a partition.
-    pending: dict[tuple[str, int], list[tuple[int, list[Hit]]]] = defaultdict(list)
+    # (site, minute) -> [(partition, offset, hits)], in offset order within a partition.
+    pending: dict[tuple[str, int], list[tuple[int, int, list[Hit]]]] = defaultdict(list)
     produced = []
     for record in records:
         try:
@@ -130,17 +130,17 @@ async def apply(redis: Redis, records: list[Any]) -> None:
         produced.append(arrived)
         minute = int(arrived // 60) * 60
         for site, site_hits in live_hits(hits, arrived).items():
-            pending[(site, minute)].append((record.offset, site_hits))
+            pending[(site, minute)].append((record.partition, record.offset, site_hits))
     sink = LiveCountersSink(redis)
     if pending:
         keys = list(pending)
         stored = await redis.mget([state_key(site, minute) for site, minute in keys])
         for (site, minute), data in zip(keys, stored, strict=True):
             state = MinuteState.from_bytes(data.encode() if isinstance(data, str) else data)
-            for offset, hits in pending[(site, minute)]:
+            for partition, offset, hits in pending[(site, minute)]:
                 added = state.apply(hits, offset)
                 if added is not None:
-                    sink.add(LiveUpdate(site, minute, state, added), 0, offset)
+                    sink.add(LiveUpdate(site, minute, state, added), partition, offset)
         await sink.flush()
     now = time.time()
     for arrived in produced:
