@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     query_cache_entries: int = 2048
     sites_refresh_seconds: float = 2.0
     worker_web_port: int = 6066
+    # The live role's /metrics and /api/health (`rollup live`); 0 = off.
+    live_web_port: int = 6067
     # RocksDB state of one worker process; two workers on one machine need two directories.
     worker_data_dir: Path | None = None
     log_level: str = "info"
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # The worker's /metrics and /api/health listen here (on `worker_web_port`); 0.0.0.0 in a pod.
     worker_web_host: str = "127.0.0.1"
+    live_web_host: str = "127.0.0.1"
     # A ClickHouse cluster name (from the servers' remote_servers): the schema becomes
     # Replicated*MergeTree tables `<name>_local` ON CLUSTER behind Distributed tables `<name>`.
     clickhouse_cluster: str | None = Field(

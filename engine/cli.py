@@ -81,10 +81,18 @@ def _worker(settings: Settings) -> int:
     return 0
 
 
+def _live(settings: Settings) -> int:
+    from topologies.live import run_live
+
+    run_live(settings)
+    return 0
+
+
 # `rollup run`'s engine processes. Stopped ingest first (no new hits; its producer flushes), then
-# the worker (hands its last rollups over), then the api (its store writer flushes them).
-START_ORDER = ("api", "ingest", "worker")
-STOP_ORDER = ("ingest", "worker", "api")
+# the live counters and the worker (hands its last rollups over), then the api (its store writer
+# flushes them).
+START_ORDER = ("api", "ingest", "worker", "live")
+STOP_ORDER = ("ingest", "live", "worker", "api")
 LOOPBACK_PROXIES = '["127.0.0.1/32", "::1/128"]'
 
 
@@ -120,6 +128,7 @@ def _run(settings: Settings) -> int:
             "ROLLUP_TRUSTED_PROXIES": LOOPBACK_PROXIES,
         },
         "worker": {},
+        "live": {},
     }
     stack = EmbeddedStack(settings)
     stopping = False
@@ -159,7 +168,8 @@ def _run(settings: Settings) -> int:
             for role, child in list(engines.items()):
                 if not child.alive():
                     code = child.proc.returncode
-                    if role != "worker" and code == 1 and "already" in child.last_log_line():
+                    in_use = code == 1 and "already" in child.last_log_line()
+                    if role in ("ingest", "api") and in_use:
                         if role == "api":  # taken since the check above
                             raise ComponentError(
                                 role,
@@ -208,11 +218,14 @@ def welcome(settings: Settings, domains: list[str], generated_token: str | None)
     if not domains:
         rows.append(("dashboard", f"{base}/dashboard/SITE (add one: rollup sites add DOMAIN)"))
     rows.append(("metrics", f"{base}/metrics (ingest, api)"))
-    if settings.worker_web_port:
-        worker_host = settings.worker_web_host
-        if worker_host in ("0.0.0.0", "::", ""):
-            worker_host = "127.0.0.1"
-        rows.append(("", f"http://{worker_host}:{settings.worker_web_port}/metrics (worker)"))
+    for role, role_host, port in (
+        ("worker", settings.worker_web_host, settings.worker_web_port),
+        ("live", settings.live_web_host, settings.live_web_port),
+    ):
+        if port:
+            if role_host in ("0.0.0.0", "::", ""):
+                role_host = "127.0.0.1"
+            rows.append(("", f"http://{role_host}:{port}/metrics ({role})"))
     rows.append(("health", f"{base}/api/health"))
     data_dir = settings.data_dir.resolve()
     rows.append(("data", f"{data_dir} (logs in {data_dir / 'logs'})"))
@@ -368,6 +381,7 @@ production roles (see k8s/ and the README's "Running in production"):
   rollup migrate     once per release, before the others
   rollup ingest      stateless; scale on CPU
   rollup worker      one per group of `hits` partitions; RocksDB state on a volume
+  rollup live        the realtime counters in Redis; one or more (a consumer group)
   rollup api         Stats API, realtime, dashboard and the ClickHouse writer
 
 configuration: environment variables ROLLUP_* plus KAFKA_BROKERS, REDIS_URL, CLICKHOUSE_URL,
@@ -395,13 +409,15 @@ def parser() -> argparse.ArgumentParser:
         "run",
         "run the whole embedded stack in the foreground (Ctrl-C stops it)",
         "Starts the broker, Redis, the ingest process (on the public port; it forwards all but "
-        "hits to the api process on a loopback port), the api process and a worker, restarts "
+        "hits to the api process on a loopback port), the api process, a worker and the live "
+        "counters, restarts "
         "one that dies, and prints the URLs to open. Data and logs go to ROLLUP_DATA_DIR "
         "(./.rollup).",
     )
     command("ingest", "production role: POST /api/event and /api/import")
     command("api", "production role: Stats API, realtime, and the ClickHouse writer")
     command("worker", "production role: the Faust rollup worker")
+    command("live", "production role: the live counters (hits -> Redis) for realtime")
     command("migrate", "create or update the ClickHouse schema (cluster-aware)")
     command("serve", "the ingest and api roles in one process")
     imp = command(
@@ -457,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _serve(settings, frozenset({Role.INGEST, Role.API}))
             case "worker":
                 return _worker(settings)
+            case "live":
+                return _live(settings)
             case "migrate":
                 return _migrate(settings)
             case "import":

@@ -128,6 +128,7 @@ def running_stack(
         "ROLLUP_HTTP_PORT": str(http_port),
         "ROLLUP_BROKER_PORT": str(free_port()),
         "ROLLUP_WORKER_WEB_PORT": str(free_port()),
+        "ROLLUP_LIVE_WEB_PORT": str(free_port()),
         "ROLLUP_ADMIN_TOKEN": admin_token,
         "ROLLUP_SITES_REFRESH_SECONDS": "0.5",
     }

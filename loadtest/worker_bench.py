@@ -145,7 +145,7 @@ def drain_engine(
     """Start the writer (api role) and one worker on the waiting backlog; time the drain: the
     worker's hits, the store's rows and levels, and the live counters' `messages`."""
     logs = c.settings.data_dir / "logs"
-    api_port, worker_port = free_port(), free_port()
+    api_port, worker_port, live_port = free_port(), free_port(), free_port()
     api = spawn("api", {**c.env, "ROLLUP_HTTP_PORT": str(api_port)}, logs / "api.log")
     api_metrics = f"http://127.0.0.1:{api_port}/metrics"
     deadline = time.monotonic() + 120
@@ -162,7 +162,9 @@ def drain_engine(
     }
     started = time.monotonic()
     worker = spawn("worker", worker_env, logs / "worker.log")
+    live = spawn("live", {**c.env, "ROLLUP_LIVE_WEB_PORT": str(live_port)}, logs / "live.log")
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
+    live_metrics = f"http://127.0.0.1:{live_port}/metrics"
     first = worker_done = stored = None
     sessions = 0.0
     bars = progress.progress()  # on a terminal only; results stay on stdout
@@ -183,8 +185,8 @@ def drain_engine(
             rows = metric(api_metrics, "rollup_store_rows_total", {"table": "events"})
             bars.update(processed_task, completed=processed)
             bars.update(stored_task, completed=rows)
-            live = metric(worker_metrics, "rollup_worker_live_messages_total")
-            if rows >= expected and live >= messages and levels_caught_up(api_metrics):
+            counted_live = metric(live_metrics, "rollup_live_messages_total")
+            if rows >= expected and counted_live >= messages and levels_caught_up(api_metrics):
                 stored = now
                 break
             time.sleep(0.5)  # each scrape costs the writer time too
@@ -192,8 +194,10 @@ def drain_engine(
             raise RuntimeError(f"not drained in {timeout}s")
         rss = peak_rss_mb(worker.pid)
         worker_cpu, writer_cpu = cpu_seconds(worker.pid), cpu_seconds(api.pid)
+        live_cpu = cpu_seconds(live.pid)
     finally:
         bars.stop()
+        stop(live)
         stop(worker)
         stop(api)
     assert first is not None and stored is not None
@@ -206,6 +210,7 @@ def drain_engine(
         "worker_cpu_seconds": round(worker_cpu, 2),
         "hits_per_worker_cpu_second": round(expected / worker_cpu),
         "writer_cpu_seconds": round(writer_cpu, 2),
+        "live_cpu_seconds": round(live_cpu, 2),
         "worker_peak_rss_mb": round(rss, 1),
         "session_states": sessions,
     }

@@ -22,6 +22,7 @@ ROLES = (
     "engine.kafka",
     "engine.store.client",
     "engine.store.writer",
+    "topologies.live",
     "topologies.rollups",
     "topologies.worker_metrics",
 )

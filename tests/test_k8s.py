@@ -137,9 +137,14 @@ def test_roles_are_complete(rendered: tuple[str, list[Resource]]) -> None:
     statefulsets = by_kind(resources, "StatefulSet")
     services = by_kind(resources, "Service")
     pdbs = by_kind(resources, "PodDisruptionBudget")
-    assert set(deployments) == {"rollup-ingest", "rollup-api"}
+    assert set(deployments) == {"rollup-ingest", "rollup-api", "rollup-live"}
     assert set(statefulsets) == {"rollup-worker"}
-    assert {"rollup-ingest", "rollup-api", "rollup-worker"} <= set(services) & set(pdbs)
+    roles = {"rollup-ingest", "rollup-api", "rollup-worker", "rollup-live"}
+    assert roles <= set(services) & set(pdbs)
+    # Each role's pods run that role.
+    for name, workload in {**deployments, **statefulsets}.items():
+        (container,) = containers(workload)
+        assert container["args"] == [name.removeprefix("rollup-")], name
     hpa = by_kind(resources, "HorizontalPodAutoscaler")["rollup-ingest"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "rollup-ingest"
     assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
@@ -191,9 +196,11 @@ def test_pods_are_probed_sized_scraped_and_unprivileged(
             selector = target["spec"]["selector"]
             selector = selector.get("matchLabels", selector)
             assert selector.items() <= labels.items(), (kind, name)
-    # The worker serves its metrics where the pod annotation says.
+    # The worker and the live role serve their metrics where the pod annotations say.
     assert config["ROLLUP_WORKER_WEB_PORT"] == "6066"
     assert config["ROLLUP_WORKER_WEB_HOST"] == "0.0.0.0"
+    assert config["ROLLUP_LIVE_WEB_PORT"] == "6067"
+    assert config["ROLLUP_LIVE_WEB_HOST"] == "0.0.0.0"
 
 
 def test_config_keys_are_settings(

@@ -1,25 +1,36 @@
 """The live topology's write path (topologies/live.py) on a real Redis: counters against an
 oracle computed from the generated hits, and exactly once across replays and a batch written
-in part before a crash."""
+in part before a crash. And `rollup live` as a process on the real broker: counts, health,
+metrics and a clean stop."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from config import load_settings
 from engine.hits import Hit, encode_hits
+from engine.kafka import ensure_topics
 from engine.live import live_summary, realtime_visitors
 from engine.live_keys import state_key
 from engine.stack import redis_binary
+from loadtest.harness import free_port, metric
+from tests.conftest import ROOT
 from topologies.live import apply
 
 SITES = ("a.test", "b.test")
@@ -140,3 +151,86 @@ def test_old_and_undecodable_messages_are_skipped(redis_socket: Path) -> None:
         await redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_live_role_process_counts_reports_and_stops(broker: str, redis_socket: Path) -> None:
+    """`rollup live` on the real broker: the hits of a topic reach Redis exactly; it reports
+    ready and its message count; SIGTERM stops it cleanly, and a restart counts nothing twice."""
+    topic = f"hits-live-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROLLUP_")},
+        "KAFKA_BROKERS": broker,
+        "REDIS_URL": f"unix://{redis_socket}",
+        "ROLLUP_HITS_TOPIC": topic,
+        "ROLLUP_APP_ID": topic,
+        "ROLLUP_LIVE_WEB_PORT": str(port),
+    }
+    settings = load_settings(kafka_brokers=broker, hits_topic=topic, redis_url="redis://unused")
+    asyncio.run(ensure_topics(settings))
+    now = time.time()
+    records = generate(now, 40, seed=11)
+
+    async def produce(batch: list[Any]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
+        await producer.start()
+        try:
+            for r in batch:
+                site = decode_site(r.value)
+                await producer.send_and_wait(topic, r.value, key=site.encode())
+        finally:
+            await producer.stop()
+
+    async def counters() -> dict[str, dict[str, Any]]:
+        redis = Redis(unix_socket_path=str(redis_socket))
+        try:
+            return {site: await observed(redis, site, time.time()) for site in SITES}
+        finally:
+            await redis.aclose()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "live"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_until(check: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert live.poll() is None, (live.stderr.read() if live.stderr else b"")[-2000:]
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.2)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    want = {site: oracle(records, site) for site in SITES}
+    live = start()
+    try:
+        wait_until(healthy)
+        asyncio.run(produce(records[:25]))
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        wait_until(lambda: metric(metrics, "rollup_live_messages_total") >= 25)
+        live.send_signal(signal.SIGTERM)
+        assert live.wait(15) == 0
+        # Restarted on the committed offsets: the rest is counted, the first part not twice.
+        asyncio.run(produce(records[25:]))
+        live = start()
+        wait_until(lambda: asyncio.run(counters()) == want)
+        assert metric(metrics, "rollup_live_messages_total") == 15
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait(10)
+
+
+def decode_site(value: bytes) -> str:
+    from engine.hits import decode_hits
+
+    return decode_hits(value)[0]["site"]

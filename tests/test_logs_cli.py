@@ -88,7 +88,9 @@ def test_help_names_every_command() -> None:
 
 
 def test_welcome_lists_what_to_open() -> None:
-    settings = load_settings(http_host="0.0.0.0", http_port=8123, worker_web_port=7001)
+    settings = load_settings(
+        http_host="0.0.0.0", http_port=8123, worker_web_port=7001, live_web_port=7002
+    )
     text = welcome(settings, ["a.example", "b.example"], "generated-token")
     assert "POST http://127.0.0.1:8123/api/event" in text
     assert "POST http://127.0.0.1:8123/api/v2/query" in text
@@ -96,6 +98,7 @@ def test_welcome_lists_what_to_open() -> None:
     assert "http://127.0.0.1:8123/dashboard/b.example" in text
     assert "http://127.0.0.1:8123/metrics" in text
     assert "http://127.0.0.1:7001/metrics (worker)" in text
+    assert "http://127.0.0.1:7002/metrics (live)" in text
     assert "generated-token" in text
     quiet = welcome(settings, [], None)
     assert "token" not in quiet and "rollup sites add" in quiet
@@ -104,9 +107,9 @@ def test_welcome_lists_what_to_open() -> None:
 def test_worker_health_readiness_and_liveness() -> None:
     import time
 
-    from topologies.worker_metrics import STALL_SECONDS, WorkerHealth
+    from topologies.worker_metrics import STALL_SECONDS, RoleHealth
 
-    health = WorkerHealth()
+    health = RoleHealth()
     assert health.status()[0] == 503  # starting: not ready
     assert health.status(liveness=True)[0] == 200  # but alive, however long recovery takes
     health.beat(ready=False)

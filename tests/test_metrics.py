@@ -49,6 +49,10 @@ def worker_url(stack: Stack) -> str:
     return f"http://127.0.0.1:{stack.env['ROLLUP_WORKER_WEB_PORT']}"
 
 
+def live_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.env['ROLLUP_LIVE_WEB_PORT']}"
+
+
 def eventually(check: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -79,6 +83,7 @@ def test_run_prints_the_urls_to_open(stack: Stack, site_key: str) -> None:
     assert f"{stack.url}/dashboard/" in out
     assert f"{stack.url}/metrics (ingest, api)" in out
     assert f"{worker_url(stack)}/metrics (worker)" in out
+    assert f"{live_url(stack)}/metrics (live)" in out
     assert "admin token" not in out  # given by the environment, so not generated
 
 
@@ -93,14 +98,24 @@ def test_worker_serves_metrics_and_health(stack: Stack) -> None:
     samples = scrape(f"{worker_url(stack)}/metrics")
     assert value(samples, "rollup_worker_ready") == 1
     assert httpx.get(f"{worker_url(stack)}/nothing", timeout=5).status_code == 404
-    for base in (worker_url(stack), stack.url):
+    for base in (worker_url(stack), live_url(stack), stack.url):
         live = httpx.get(f"{base}/api/health?probe=liveness", timeout=5)
         assert live.status_code == 200, live.text
+
+
+def test_live_role_serves_metrics_and_health(stack: Stack) -> None:
+    def healthy() -> bool:
+        health = httpx.get(f"{live_url(stack)}/api/health", timeout=5)
+        return health.status_code == 200 and health.json() == {"live": "ok"}
+
+    eventually(healthy, timeout=20)
+    assert value(scrape(f"{live_url(stack)}/metrics"), "rollup_live_ready") == 1
 
 
 def test_metrics_move_after_hits(stack: Stack, site_key: str) -> None:
     api = f"{stack.url}/metrics"
     before, worker_before = scrape(api), scrape(f"{worker_url(stack)}/metrics")
+    live_before = scrape(f"{live_url(stack)}/metrics")
 
     # 20 hits accepted, one bot, one unknown site, one invalid body.
     for i in range(20):
@@ -179,6 +194,14 @@ def test_metrics_move_after_hits(stack: Stack, site_key: str) -> None:
     assert worker_delta("rollup_worker_batch_seconds_count") >= 1
     assert worker_delta("rollup_worker_late_hits_total") == 1
     assert worker_delta("faust_messages_received_total") >= 3
+
+    # Live counters: every hits message counted, each with its delay to Redis.
+    def live_delta(name: str) -> float:
+        return value(scrape(f"{live_url(stack)}/metrics"), name) - value(live_before, name)
+
+    eventually(lambda: live_delta("rollup_live_messages_total") >= 3)
+    assert live_delta("rollup_live_delay_seconds_count") == live_delta("rollup_live_messages_total")
+    assert live_delta("rollup_live_failures_total") == 0
 
     # Consumer lag per hits partition: reported for every partition, and drains to zero.
     def lag_drained() -> bool:

@@ -1,8 +1,8 @@
-"""`rollup run` as three engine processes: the ingest process owns the public port and forwards
+"""`rollup run` as four engine processes: the ingest process owns the public port and forwards
 everything but hits to the api process (which owns the chDB store) on a loopback port. Through
 the public port alone: hits reach the Stats API, health and metrics cover both processes, the
 api's answers arrive unchanged, an api process that is down gets a clear 503, a crashed one is
-restarted, and a stop takes ingest, worker and api down in that order."""
+restarted, and a stop takes ingest, the live counters, worker and api down in that order."""
 
 from __future__ import annotations
 
@@ -74,9 +74,9 @@ def query(url: str, key: str, body: dict[str, object]) -> httpx.Response:
     )
 
 
-def test_three_engine_processes_and_the_public_port_is_the_ingest(stack: Stack) -> None:
+def test_four_engine_processes_and_the_public_port_is_the_ingest(stack: Stack) -> None:
     roles = engine_processes(stack.proc.pid)
-    assert set(roles) == {"ingest", "api", "worker"}, roles
+    assert set(roles) == {"ingest", "api", "worker", "live"}, roles
     # The api listens on loopback at another port; the public port is the ingest process's.
     logs = (stack.data_dir / "logs" / "api.log").read_text()
     assert f"listening on http://127.0.0.1:{stack.url.rsplit(':', 1)[1]}" not in logs
@@ -263,18 +263,18 @@ def test_crashed_api_is_restarted_and_stop_order(tmp_path: Path) -> None:
         after = engine_processes(own.proc.pid)
         assert after["api"] != before["api"] and after["ingest"] == before["ingest"]
 
-        # Stop: ingest first, then the worker, then the api.
+        # Stop: ingest first, then the live counters and the worker, then the api.
         gone: dict[str, float] = {}
         own.proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        while len(gone) < 3 and time.monotonic() - started < 90:
+        while len(gone) < 4 and time.monotonic() - started < 90:
             for role, pid in after.items():
                 if role not in gone and not alive(pid):
                     gone[role] = time.monotonic() - started
             time.sleep(0.01)
         own.proc.wait(60)
-    assert set(gone) == {"ingest", "worker", "api"}, gone
-    assert gone["ingest"] <= gone["worker"] <= gone["api"], gone
+    assert set(gone) == {"ingest", "live", "worker", "api"}, gone
+    assert gone["ingest"] <= gone["live"] <= gone["worker"] <= gone["api"], gone
 
 
 def test_internal_port_in_use_is_one_line(tmp_path: Path) -> None:

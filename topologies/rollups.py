@@ -2,14 +2,13 @@
 
 One rollups message per hits message, tagged with the hits partition and offset, so the store can
 recognise a replay. Events are acknowledged (and so their offsets committed) only after their
-rollups were acknowledged by the broker. The live counters are the live topology's, in a thread
-of the same process (topologies/live.py).
+rollups were acknowledged by the broker. The live counters are the live topology's, a role of
+its own (topologies/live.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import gc
 import logging
 import os
@@ -24,7 +23,6 @@ from config import Settings
 from engine.hits import Hit, decode_hits
 from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
 from topologies import consumer_order, end_offsets, worker_metrics
-from topologies.live import LiveCounters
 from topologies.session_stage import SessionStage
 
 log = logging.getLogger(__name__)
@@ -204,9 +202,6 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_worker_app(settings)
-    live = LiveCounters(settings)
-    live.start()
-    atexit.register(live.stop)
     # A batch allocates a few objects per hit and frees them together: the default young-
     # generation threshold (700) ran collections that walk every cached state, 6% of the time.
     gc.freeze()

@@ -1,8 +1,9 @@
-"""The worker's own observability: Prometheus metrics (ours and Faust's sensors), consumer lag
-per partition, table sizes, and a small HTTP server for /metrics and /api/health.
+"""The stream roles' observability: Prometheus metrics (ours and Faust's sensors), consumer lag
+per partition, table sizes, and a small HTTP server for /metrics and /api/health, used by the
+worker and the live role.
 
-The server runs in a thread, not on Faust's event loop, so a scrape still answers when the loop
-is busy; /api/health reports the loop itself through a heartbeat the loop must keep beating.
+The server runs in a thread, not on the role's event loop, so a scrape still answers when the
+loop is busy; /api/health reports the loop itself through a heartbeat the loop must keep beating.
 """
 
 from __future__ import annotations
@@ -47,34 +48,37 @@ _faust_metrics: Any = None
 _lag_labels: set[tuple[str, str]] = set()
 
 
-class WorkerHealth:
+class RoleHealth:
     """What /api/health reports; written by the event loop, read by the server thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: str = "worker", ready_gauge: Gauge | None = READY) -> None:
+        self.role = role
+        self.ready_gauge = ready_gauge
         self.last_beat = 0.0
         self.ready = False
 
     def beat(self, ready: bool) -> None:
         self.last_beat = time.monotonic()
         self.ready = ready
-        READY.set(1 if ready else 0)
+        if self.ready_gauge is not None:
+            self.ready_gauge.set(1 if ready else 0)
 
     def status(self, liveness: bool = False) -> tuple[int, dict[str, str]]:
         """Readiness: joined and beating. Liveness (`?probe=liveness`): not stalled; a worker
         still starting or recovering its tables is alive, however long that takes."""
         if not self.last_beat:
-            return (200 if liveness else 503), {"worker": "starting"}
+            return (200 if liveness else 503), {self.role: "starting"}
         stalled = time.monotonic() - self.last_beat
         if stalled > STALL_SECONDS:
-            return 503, {"worker": f"event loop stalled for {stalled:.0f}s"}
+            return 503, {self.role: f"event loop stalled for {stalled:.0f}s"}
         if liveness:
-            return 200, {"worker": "alive"}
+            return 200, {self.role: "alive"}
         if not self.ready:
-            return 503, {"worker": "joining group or recovering tables"}
-        return 200, {"worker": "ok"}
+            return 503, {self.role: "joining group or recovering tables"}
+        return 200, {self.role: "ok"}
 
 
-HEALTH = WorkerHealth()
+HEALTH = RoleHealth()
 
 
 def faust_sensors(app: faust.App) -> None:
@@ -138,44 +142,46 @@ def install(app: faust.App, settings: Settings, tables: dict[str, Any]) -> None:
         STATE_BYTES.set(_dir_bytes(settings.worker_dir))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        path, _, query = self.path.partition("?")
-        if path == "/metrics":
-            self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-        elif path == "/api/health":
-            status, body = HEALTH.status(liveness="probe=liveness" in query.split("&"))
-            self._answer(status, orjson.dumps(body), "application/json")
-        else:
-            self._answer(404, b"not found", "text/plain")
+def _handler(health: RoleHealth) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path, _, query = self.path.partition("?")
+            if path == "/metrics":
+                self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif path == "/api/health":
+                status, body = health.status(liveness="probe=liveness" in query.split("&"))
+                self._answer(status, orjson.dumps(body), "application/json")
+            else:
+                self._answer(404, b"not found", "text/plain")
 
-    def _answer(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return None  # scrapes every few seconds would drown the log
+        def log_message(self, format: str, *args: Any) -> None:
+            return None  # scrapes every few seconds would drown the log
+
+    return Handler
 
 
 def serve(settings: Settings) -> ThreadingHTTPServer | None:
-    """Start /metrics and /api/health on worker_web_host:worker_web_port (0 = off)."""
-    if not settings.worker_web_port:
+    """The worker's /metrics and /api/health on worker_web_host:worker_web_port (0 = off)."""
+    return serve_role(settings.worker_web_host, settings.worker_web_port, HEALTH)
+
+
+def serve_role(host: str, port: int, health: RoleHealth) -> ThreadingHTTPServer | None:
+    """Start /metrics and /api/health of a role on host:port (0 = off), in a thread."""
+    if not port:
         return None
     try:
-        server = ThreadingHTTPServer((settings.worker_web_host, settings.worker_web_port), _Handler)
+        server = ThreadingHTTPServer((host, port), _handler(health))
     except OSError as exc:
-        log.warning(
-            "worker web port %d unavailable (%s): no metrics", settings.worker_web_port, exc
-        )
+        log.warning("%s web port %d unavailable (%s): no metrics", health.role, port, exc)
         return None
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="worker-web", daemon=True).start()
-    log.info(
-        "worker metrics on http://%s:%d/metrics",
-        settings.worker_web_host,
-        settings.worker_web_port,
-    )
+    threading.Thread(target=server.serve_forever, name=f"{health.role}-web", daemon=True).start()
+    log.info("%s metrics on http://%s:%d/metrics", health.role, host, port)
     return server
