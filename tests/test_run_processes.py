@@ -37,22 +37,6 @@ def eventually(check: Callable[[], bool], timeout: float = 60) -> None:
         time.sleep(0.3)
 
 
-def engine_processes(run_pid: int) -> dict[str, int]:
-    """`rollup run`'s engine children by role (from /proc: parent pid and command line)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == run_pid and stat[0] != "Z" and b"engine.cli" in argv:
-            found[argv[argv.index(b"engine.cli") + 1].decode()] = int(entry.name)
-    return found
-
-
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -75,7 +59,7 @@ def query(url: str, key: str, body: dict[str, object]) -> httpx.Response:
 
 
 def test_four_engine_processes_and_the_public_port_is_the_ingest(stack: Stack) -> None:
-    roles = engine_processes(stack.proc.pid)
+    roles = stack.engine_processes()
     assert set(roles) == {"ingest", "api", "worker", "live"}, roles
     # The api listens on loopback at another port; the public port is the ingest process's.
     logs = (stack.data_dir / "logs" / "api.log").read_text()
@@ -246,7 +230,7 @@ def test_api_process_down(lone_ingest: str, site_key: str) -> None:
 def test_crashed_api_is_restarted_and_stop_order(tmp_path: Path) -> None:
     """On a stack of its own: SIGKILL the api process, then stop the whole stack."""
     with running_stack(tmp_path, wait_for_worker=False) as own:
-        before = engine_processes(own.proc.pid)
+        before = own.engine_processes()
         key = own.add_site("restart.test")
         body = {"site_id": "restart.test", "metrics": ["visitors"], "date_range": "day"}
         eventually(lambda: query(own.url, key, body).status_code == 200)
@@ -260,7 +244,7 @@ def test_crashed_api_is_restarted_and_stop_order(tmp_path: Path) -> None:
 
         eventually(back, timeout=120)
         assert statuses - {200} <= {502, 503}, statuses
-        after = engine_processes(own.proc.pid)
+        after = own.engine_processes()
         assert after["api"] != before["api"] and after["ingest"] == before["ingest"]
 
         # Stop: ingest first, then the live counters and the worker, then the api.
