@@ -41,7 +41,7 @@ def main() -> None:
             concurrency=64,
             runs=1 if args.quick else 3,
             fresh_rate=5000,
-            fresh_seconds=15 if args.quick else 40,
+            fresh_warmup=3 if args.quick else 10,
             fresh_samples=5 if args.quick else 20,
         )
         results += ingest_bench.run(ingest_args)

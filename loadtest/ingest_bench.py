@@ -2,7 +2,7 @@
 same script, and the seconds from a hit to its appearance in the Stats API and realtime endpoint.
 
     python -m loadtest.ingest_bench [--seconds 20] [--concurrency 64] [--runs 3]
-        [--fresh-rate 5000] [--fresh-seconds 40] [--fresh-samples 20]
+        [--fresh-rate 5000] [--fresh-warmup 10] [--fresh-samples 20]
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -45,38 +45,28 @@ async def app(scope, receive, send):
 """
 
 
-def hey(
-    url: str, seconds: int, concurrency: int, qps_per_worker: float = 0
-) -> tuple[float, float, dict[str, int]]:
-    """Requests/s, p99 seconds and status counts of one `hey` run (`qps_per_worker` caps the
-    rate: hey's -q is per connection)."""
+def hey_command(url: str, seconds: int, concurrency: int, qps_per_worker: float = 0) -> list[str]:
+    """`hey` POSTing the realistic hit (`qps_per_worker` caps the rate: hey's -q is per
+    connection)."""
     rate = ["-q", str(qps_per_worker)] if qps_per_worker else []
-    out = subprocess.run(
-        [
-            "hey",
-            *rate,
-            "-z",
-            f"{seconds}s",
-            "-c",
-            str(concurrency),
-            "-m",
-            "POST",
-            "-T",
-            "text/plain",
-            "-H",
-            f"User-Agent: {UA}",
-            "-d",
-            BODY,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    return [
+        "hey", *rate, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
+        "-T", "text/plain", "-H", f"User-Agent: {UA}", "-d", BODY, url,
+    ]  # fmt: skip
+
+
+def hey_report(out: str) -> tuple[float, float, dict[str, int]]:
+    """Requests/s, p99 seconds and status counts from hey's summary."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%% in ([\d.]+) secs".replace("%%", "%"), out)
     codes = {m[0]: int(m[1]) for m in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
     return rps, float(p99.group(1)) if p99 else float("nan"), codes
+
+
+def hey(url: str, seconds: int, concurrency: int) -> tuple[float, float, dict[str, int]]:
+    """One full-blast `hey` run: requests/s, p99 seconds and status counts."""
+    command = hey_command(url, seconds, concurrency)
+    return hey_report(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def baseline(seconds: int, concurrency: int) -> float:
@@ -187,23 +177,29 @@ def wait_drained(stack: RunningStack, hits: int, timeout: float = 600) -> float:
 
 
 def freshness_under_load(
-    stack: RunningStack, key: str, rate: int, seconds: int, samples: int
+    stack: RunningStack, key: str, rate: int, warmup: float, samples: int
 ) -> dict[str, Any]:
-    """At a steady `rate` hits/s from hey, the seconds from a 202 to the hit being visible."""
+    """At a steady `rate` hits/s from hey, after `warmup` seconds of it, the seconds from a
+    202 to the hit being visible."""
     concurrency = 50
-    result: dict[str, Any] = {}
-
-    def load() -> None:
-        result["hey"] = hey(f"{stack.url}/api/event", seconds, concurrency, rate / concurrency)
-
-    background = threading.Thread(target=load)
-    background.start()
-    time.sleep(min(5, seconds / 4))
-    to_query, to_live = freshness(stack, key, samples=samples, pause=0.3)
-    background.join()
-    achieved, p99, codes = result["hey"]
+    # hey runs until every probe is done (SIGINT makes it stop and report), so no probe is
+    # taken after the load.
+    load = subprocess.Popen(
+        hey_command(f"{stack.url}/api/event", 3600, concurrency, rate / concurrency),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        time.sleep(warmup)
+        to_query, to_live = freshness(stack, key, samples=samples, pause=0.3)
+    finally:
+        load.send_signal(signal.SIGINT)
+        out, _ = load.communicate(timeout=60)
+    achieved, p99, codes = hey_report(out)
     return {
         "offered_hits_per_second": rate,
+        "warmup_seconds": warmup,
         "achieved_hits_per_second": round(achieved),
         "ingest_p99_ms": round(p99 * 1000, 1),
         "status_codes": codes,
@@ -265,7 +261,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             drained = wait_drained(stack, accepted)
         print(f"  backlog of the runs drained {drained:.1f} s after they ended", flush=True)
         fresh = freshness_under_load(
-            stack, key, args.fresh_rate, args.fresh_seconds, args.fresh_samples
+            stack, key, args.fresh_rate, args.fresh_warmup, args.fresh_samples
         )
         print(f"  freshness: {fresh}", flush=True)
     median_engine, median_base = statistics.median(engine), statistics.median(base)
@@ -322,7 +318,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--fresh-rate", type=int, default=5000)
-    parser.add_argument("--fresh-seconds", type=int, default=40)
+    parser.add_argument(
+        "--fresh-warmup", type=float, default=10, help="seconds of load before the first probe"
+    )
     parser.add_argument("--fresh-samples", type=int, default=20)
 
 

@@ -36,7 +36,7 @@ from engine.hits import Hit, decode_hits, encode_hits
 from engine.kafka import ensure_topics
 from engine.stack import EmbeddedStack
 from loadtest import progress
-from loadtest.harness import free_port, metric, spawn
+from loadtest.harness import Scrape, free_port, metric, spawn
 from loadtest.results import Target, write_result
 from loadtest.synthetic import hits_stream, messages, site_names
 
@@ -97,14 +97,14 @@ async def produce(bootstrap: str, topic: str, batches: Iterator[tuple[str, list[
     return sent
 
 
-def levels_caught_up(url: str) -> bool:
+def levels_caught_up(api: Scrape) -> bool:
     """Every rollup level holds what the log holds: the batch's level derives, which follow
     its inserts, are done too."""
     from engine.store.schema import ROLLUP_LEVELS
 
-    logged = metric(url, "rollup_store_applied_offset", {"table": "rollup_log"})
+    logged = api.value("rollup_store_applied_offset", {"table": "rollup_log"})
     return all(
-        metric(url, "rollup_store_applied_offset", {"table": level}) == logged
+        api.value("rollup_store_applied_offset", {"table": level}) == logged
         for level in ROLLUP_LEVELS.values()
     )
 
@@ -172,9 +172,12 @@ def drain_engine(
     stored_task = bars.add_task("store: event rows", total=expected)
     bars.start()
     try:
+        polls = 0
         while time.monotonic() - started < timeout:
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited: {(logs / 'worker.log').read_text()[-2000:]}")
+            # Scrapes cost the scraped processes time: the worker's page once a second, the
+            # writer's and the live counters' every 5 s until the worker is done.
             processed = metric(worker_metrics, "rollup_worker_hits_total")
             now = time.monotonic()
             if processed and first is None:
@@ -182,14 +185,17 @@ def drain_engine(
             if processed >= expected and worker_done is None:
                 worker_done = now
                 sessions = metric(worker_metrics, "rollup_worker_session_states")
-            rows = metric(api_metrics, "rollup_store_rows_total", {"table": "events"})
             bars.update(processed_task, completed=processed)
-            bars.update(stored_task, completed=rows)
-            counted_live = metric(live_metrics, "rollup_live_messages_total")
-            if rows >= expected and counted_live >= messages and levels_caught_up(api_metrics):
-                stored = now
-                break
-            time.sleep(0.5)  # each scrape costs the writer time too
+            if worker_done is not None or polls % 5 == 0:
+                api_page = Scrape(api_metrics)
+                rows = api_page.value("rollup_store_rows_total", {"table": "events"})
+                bars.update(stored_task, completed=rows)
+                counted_live = metric(live_metrics, "rollup_live_messages_total")
+                if rows >= expected and counted_live >= messages and levels_caught_up(api_page):
+                    stored = now
+                    break
+            polls += 1
+            time.sleep(1.0)
         else:
             raise RuntimeError(f"not drained in {timeout}s")
         rss = peak_rss_mb(worker.pid)

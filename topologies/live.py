@@ -75,25 +75,12 @@ class LiveCounters:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.health = RoleHealth("live", LIVE_READY)
+        # Set from a signal handler; the loop looks at it between batches.
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Run in a daemon thread with an event loop of its own (tests; the role runs `run`
-        in its main thread)."""
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self.run()), name="live-counters", daemon=True
-        )
-        self._thread.start()
 
     def request_stop(self) -> None:
-        """Stop after the batch in hand (written and committed); safe from a signal handler."""
+        """Stop after the batch in hand (written and committed)."""
         self._stop.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.request_stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     async def run(self) -> None:
         redis = connect_redis(self.settings)
