@@ -63,6 +63,14 @@ def unwrap(raw: bytes) -> tuple[int, float, VisitorSessions]:
     return int(partition), float(updated), VisitorSessions.from_bytes(body)
 
 
+def stamp(raw: bytes) -> tuple[int, float]:
+    """A stored state's partition and last update, its sessions left encoded: the expiry
+    timer reads every state every 30 s, and decoding each (45 us against 2 us) cost a worker
+    holding 250,000 states 11 s of every 30."""
+    partition, updated, _ = msgpack.unpackb(raw, raw=False)
+    return int(partition), float(updated)
+
+
 @dataclass
 class _Loaded:
     """A visitor's decoded state for the length of one batch."""
@@ -157,7 +165,7 @@ class SessionStage:
         remaining = 0
         expired: list[tuple[str, int]] = []
         for key, raw in self.table.data.items():
-            partition, updated, _ = unwrap(raw)
+            partition, updated = stamp(raw)
             if now - updated > self.idle_seconds:
                 expired.append((key, partition))
             else:
