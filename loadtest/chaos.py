@@ -6,8 +6,8 @@ are killed, scaled and frozen; afterwards an exact audit of what ClickHouse and 
 
 The harness starts the components itself, as production runs them (not `rollup run`, which
 restarts its children on its own): the embedded broker and Redis (engine/stack.py), then
-`rollup ingest` and `rollup api` on two ports and one to three `rollup worker` processes, each
-worker with its own RocksDB directory. Faults:
+`rollup ingest` and `rollup api` on two ports, `rollup live`, and one to three `rollup worker`
+processes, each worker with its own RocksDB directory. Faults:
 
 - SIGKILL of a worker at random moments, restarted on the same state directory;
 - scaling to two, then three workers under load (partitions move), then SIGTERM of one;
@@ -306,6 +306,7 @@ class Cluster:
                 "ROLLUP_INGEST_RATE_LIMIT": "0",
                 "ROLLUP_TOPIC_PARTITIONS": str(PARTITIONS),
                 "ROLLUP_WORKER_WEB_PORT": "0",
+                "ROLLUP_LIVE_WEB_PORT": "0",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -316,6 +317,7 @@ class Cluster:
         self.keys: dict[str, str] = {}
         self.ingest: Proc | None = None
         self.api: Proc | None = None
+        self.live: Proc | None = None
         self.workers: dict[int, Proc] = {}
         self.incarnations: Counter[str] = Counter()
         self.ingest_down = False
@@ -374,6 +376,7 @@ class Cluster:
             self.keys[site] = out.strip().splitlines()[-1]
         self.api = self.start_api()
         self.ingest = self.start_ingest()
+        self.live = self.start_live()
         self.start_worker(0)
         await asyncio.gather(
             self.wait_http(self.api, self.api_port, 120),
@@ -386,6 +389,12 @@ class Cluster:
 
     def start_ingest(self) -> Proc:
         return self._spawn("ingest", "ingest", {"ROLLUP_HTTP_PORT": str(self.ingest_port)})
+
+    def start_live(self) -> Proc:
+        return self._spawn("live", "live", {})
+
+    def start_role(self, role: str) -> Proc:
+        return {"ingest": self.start_ingest, "api": self.start_api, "live": self.start_live}[role]()
 
     def start_worker(self, slot: int) -> Proc:
         # The same state directory for every incarnation of a slot, as a restarted pod keeps
@@ -473,17 +482,13 @@ class Cluster:
                     await asyncio.sleep(2.0)
                     if self.workers.get(slot) is proc:
                         self.start_worker(slot)
-            for role in ("ingest", "api"):
+            for role in ("ingest", "api", "live"):
                 proc = getattr(self, role)
                 if proc is not None and not proc.alive() and not proc.expected_exit:
                     self._crashed(proc)
                     await asyncio.sleep(2.0)
                     if getattr(self, role) is proc:
-                        setattr(
-                            self,
-                            role,
-                            self.start_ingest() if role == "ingest" else self.start_api(),
-                        )
+                        setattr(self, role, self.start_role(role))
 
     def _crashed(self, proc: Proc) -> None:
         proc.expected_exit = True  # recorded once
