@@ -107,7 +107,7 @@ def test_welcome_lists_what_to_open() -> None:
 def test_worker_health_readiness_and_liveness() -> None:
     import time
 
-    from topologies.worker_metrics import STALL_SECONDS, RoleHealth
+    from topologies.role_web import STALL_SECONDS, RoleHealth
 
     health = RoleHealth()
     assert health.status()[0] == 503  # starting: not ready

@@ -38,7 +38,7 @@ from engine.live_keys import LIVE_HORIZON, state_key
 from engine.live_state import MinuteState
 from engine.redis_conn import connect_redis
 from sinks.redis_live import LiveCountersSink, LiveUpdate
-from topologies.worker_metrics import RoleHealth, serve_role
+from topologies.role_web import RoleHealth, serve_role
 
 log = logging.getLogger(__name__)
 
