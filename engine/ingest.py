@@ -183,12 +183,10 @@ class Ingestor:
         result = ImportResult()
         now = dt.datetime.now(dt.UTC)
         salts = await self._salts.salts(now)
-        # Days whose salt is gone get a salt that lives only for this request.
-        day_salts: dict[dt.date, bytes] = {
-            now.date(): salts.current,
-        }
-        if salts.previous is not None:
-            day_salts[now.date() - dt.timedelta(days=1)] = salts.previous
+        yesterday = salts.previous or await self._salts.yesterdays(now)
+        # Days older than yesterday have no salt left: each gets one that lives only for this
+        # request.
+        day_salts = {now.date(): salts.current, now.date() - dt.timedelta(days=1): yesterday}
         hits: list[Hit] = []
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():

@@ -74,6 +74,16 @@ class SaltStore:
         self._cached_span = (start, start + 86400.0)
         return self._cached
 
+    async def yesterdays(self, now: dt.datetime) -> bytes:
+        """Yesterday's salt, created if no hit of that day made it yet (a store started after
+        midnight): imports of yesterday's hits then agree on one salt across requests. It expires
+        on the same schedule as any other, 48 hours after its day began."""
+        day = now.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+        try:
+            return await self._get_or_create(day)
+        except RedisError as exc:
+            raise UnavailableError(f"salt store (Redis) unavailable: {exc}", 5) from exc
+
     async def _get_or_create(self, day: dt.date) -> bytes:
         key = SALT_KEY.format(day=day)
         # SET NX makes concurrent ingest processes converge on one salt.

@@ -17,6 +17,16 @@ __all__ = ["ROOT", "Stack", "free_port"]
 
 Stack = RunningStack
 
+# Longer than any one integration test takes, so none runs across UTC midnight.
+MIDNIGHT_MARGIN_SECONDS = 180
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("integration") is not None:
+        from tests.clock import clear_of_midnight
+
+        clear_of_midnight(MIDNIGHT_MARGIN_SECONDS)
+
 
 @contextmanager
 def running_stack(

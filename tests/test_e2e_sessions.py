@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.clock import one_day_anchor
 from tests.conftest import Stack
 from tests.session_trace import Session, generate_sessions, sessionize
 from tests.trace import DIMENSION_VALUE, shown, visitor_key
@@ -173,7 +174,8 @@ def test_hit_later_than_the_window_counts_but_not_in_sessions(loaded: Loaded) ->
     key = stack.add_site("late.test")
     time.sleep(1.5)
     ua = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0 late-test"
-    now = time.time()
+    # Both hits on one UTC day: a day later the visitor's salt, and so its id, differ.
+    newest = one_day_anchor(time.time() - 60, 1200)
     auth = {"Authorization": f"Bearer {stack.admin_token}"}
 
     def send(ts: float, page: str) -> None:
@@ -195,9 +197,9 @@ def test_hit_later_than_the_window_counts_but_not_in_sessions(loaded: Loaded) ->
             time.sleep(0.3)
 
     late_before = worker_metric(stack, "rollup_worker_late_hits_total")
-    send(now - 60, "/first")
+    send(newest, "/first")
     wait_for([1, 1])
     # 20 minutes older than the visitor's newest hit: past the 10-minute lateness window.
-    send(now - 60 - 1200, "/too-late")
+    send(newest - 1200, "/too-late")
     wait_for([1, 2])
     assert worker_metric(stack, "rollup_worker_late_hits_total") == late_before + 1

@@ -50,3 +50,15 @@ async def test_salts_at_agrees_with_salts() -> None:
     store = SaltStore(FakeRedis())  # type: ignore[arg-type]
     ts = epoch(dt.date(2026, 5, 2), 13)
     assert await store.salts_at(ts) == await store.salts(dt.datetime.fromtimestamp(ts, dt.UTC))
+
+
+async def test_yesterdays_salt_is_created_once_and_then_shared() -> None:
+    redis: Any = FakeRedis()
+    store, other = SaltStore(redis), SaltStore(redis)
+    now = dt.datetime.fromtimestamp(epoch(dt.date(2026, 11, 28), 0, 240), dt.UTC)
+    assert (await store.salts(now)).previous is None  # the live path does not create it
+    made = await store.yesterdays(now)
+    assert made == redis.values[SALT_KEY.format(day=dt.date(2026, 11, 27))]
+    assert await other.yesterdays(now) == made
+    # A store that starts later sees it as yesterday's salt on the live path too.
+    assert (await SaltStore(redis).salts(now)).previous == made

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.clock import one_day_anchor
 from tests.conftest import ROOT, Stack
 
 pytestmark = pytest.mark.integration
@@ -133,9 +134,9 @@ def test_metrics_move_after_hits(stack: Stack, site_key: str) -> None:
     assert bad.status_code == 400
 
     # A hit 20 minutes older than its visitor's newest: past the lateness window.
-    now = time.time()
+    fresh = one_day_anchor(time.time() - 30, 1200)  # one UTC day, so one visitor salt
     auth = {"Authorization": f"Bearer {stack.admin_token}"}
-    for ts, page in ((now - 30, "/fresh"), (now - 30 - 1200, "/late")):
+    for ts, page in ((fresh, "/fresh"), (fresh - 1200, "/late")):
         line = {"name": "pageview", "url": f"https://{SITE}{page}", "timestamp": ts,
                 "ip": "198.51.100.7", "user_agent": FIREFOX}  # fmt: skip
         resp = httpx.post(f"{stack.url}/api/import", content=orjson.dumps(line), headers=auth)
