@@ -30,11 +30,13 @@ class Scrape:
     """One scrape of a /metrics page (an unreachable one reads as all zeros): read several
     values from it rather than scraping once per value, which costs the scraped process."""
 
-    def __init__(self, url: str) -> None:
-        try:
-            text = httpx.get(url, timeout=2).text
-        except httpx.HTTPError:
-            text = ""
+    def __init__(self, url: str, text: str | None = None) -> None:
+        """Scrapes `url`, or reads `text` if given."""
+        if text is None:
+            try:
+                text = httpx.get(url, timeout=2).text
+            except httpx.HTTPError:
+                text = ""
         self.samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
@@ -45,6 +47,35 @@ class Scrape:
             if sample.name == name
             and all(sample.labels.get(k) == v for k, v in (labels or {}).items())
         )
+
+
+def histogram_quantile(
+    before: Scrape, after: Scrape, name: str, q: float, labels: dict[str, str] | None = None
+) -> float | None:
+    """The q-quantile of the observations a histogram took between two scrapes (the label sets
+    that include `labels`, together), interpolated within its bucket as Prometheus does; None
+    if it took none."""
+    counts: dict[float, float] = {}
+    for scrape, sign in ((after, 1), (before, -1)):
+        for sample in scrape.samples:
+            if sample.name == f"{name}_bucket" and all(
+                sample.labels.get(k) == v for k, v in (labels or {}).items()
+            ):
+                le = float(sample.labels["le"])
+                counts[le] = counts.get(le, 0.0) + sign * sample.value
+    bounds = sorted(counts)
+    if not bounds or counts[bounds[-1]] <= 0:
+        return None
+    rank = q * counts[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        if counts[bound] >= rank:
+            if bound == float("inf"):
+                return lower  # beyond the largest finite bucket: its bound is all we know
+            share = (rank - below) / (counts[bound] - below) if counts[bound] > below else 1.0
+            return lower + (bound - lower) * share
+        lower, below = bound, counts[bound]
+    return lower
 
 
 def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:

@@ -18,13 +18,21 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from loadtest import progress
-from loadtest.harness import RunningStack, embedded_stack, free_port, metric
+from loadtest.harness import (
+    RunningStack,
+    Scrape,
+    embedded_stack,
+    free_port,
+    histogram_quantile,
+    metric,
+)
 from loadtest.results import Target, write_result
 
 UA = (
@@ -192,7 +200,9 @@ def freshness_under_load(
     )
     try:
         time.sleep(warmup)
+        before = stage_scrapes(stack)
         to_query, to_live = freshness(stack, key, samples=samples, pause=0.3)
+        stages = stage_timings(before, stage_scrapes(stack))
     finally:
         load.send_signal(signal.SIGINT)
         out, _ = load.communicate(timeout=60)
@@ -205,7 +215,45 @@ def freshness_under_load(
         "status_codes": codes,
         "to_query_seconds": [round(x, 3) for x in to_query],
         "to_live_seconds": [round(x, 3) for x in to_live],
+        "stages_while_probing": stages,
     }
+
+
+# A hit's way to /api/v2/query, stage by stage: (process, histogram, what it times).
+STAGES = (
+    ("worker", "rollup_worker_event_lag_seconds", "hit -> worker output sent (newest hit a batch)"),
+    ("worker", "rollup_worker_batch_seconds", "worker batch"),
+    ("api", "rollup_store_delay_seconds", "worker output sent -> queryable"),
+    ("api", "rollup_store_batch_seconds", "store batch (inserts, level derives)"),
+    ("api", "rollup_stats_query_seconds", "Stats API answer"),
+)
+
+
+def stage_scrapes(stack: RunningStack) -> dict[str, Scrape]:
+    return {"worker": Scrape(stack.worker_metrics), "api": Scrape(f"{stack.url}/metrics")}
+
+
+def stage_timings(before: dict[str, Scrape], after: dict[str, Scrape]) -> dict[str, Any]:
+    """p50 and p99 seconds of each stage's histogram over the probes' minutes, then of the
+    store batch's statements by table."""
+    timings: dict[str, Any] = {}
+
+    def quantiles(role: str, name: str, labels: dict[str, str] | None = None) -> list[Any]:
+        found = [
+            histogram_quantile(before[role], after[role], name, q, labels) for q in (0.5, 0.99)
+        ]
+        return [None if x is None else round(x, 3) for x in found]
+
+    for role, name, what in STAGES:
+        timings[what] = quantiles(role, name)
+    for kind, name in (
+        ("insert", "rollup_store_insert_seconds"),
+        ("derive", "rollup_store_derive_seconds"),
+    ):
+        tables = {s.labels["table"] for s in after["api"].samples if s.name == f"{name}_bucket"}
+        for table in sorted(tables):
+            timings[f"  {kind} {table}"] = quantiles("api", name, {"table": table})
+    return timings
 
 
 def p99(values: list[float]) -> float:
@@ -264,13 +312,51 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             stack, key, args.fresh_rate, args.fresh_warmup, args.fresh_samples
         )
         print(f"  freshness: {fresh}", flush=True)
+    results = []
+    if engine:
+        runs = Runs(base, engine, p99s, alone, alone_p99s, all_codes)
+        results.append(ingest_result(args, runs, drained))
+    live99, query99 = p99(fresh["to_live_seconds"]), p99(fresh["to_query_seconds"])
+    achieved = fresh["achieved_hits_per_second"]
+    freshness_result = write_result(
+        "freshness",
+        fresh,
+        [
+            Target("steady load hits/s", f">= {args.fresh_rate}", achieved, None),
+            Target("202 -> realtime p99 s", "<= 1", round(live99, 3), live99 <= 1),
+            Target("202 -> /api/v2/query p99 s", "<= 5", round(query99, 3), query99 <= 5),
+        ],
+        chart={"realtime p99": live99, "/api/v2/query p99": query99},
+        unit="seconds",
+    )
+    print("  stage            p50 s    p99 s   (while probing)")
+    for what, (p50, p99_) in fresh["stages_while_probing"].items():
+        print(f"  {what:<48} {p50!s:>7} {p99_!s:>7}")
+    return [*results, freshness_result]
+
+
+@dataclass
+class Runs:
+    """The ingest rounds' figures, one entry per round (codes: two per round)."""
+
+    base: list[float]
+    engine: list[float]
+    p99s: list[float]
+    alone: list[float]
+    alone_p99s: list[float]
+    all_codes: list[dict[str, int]]
+
+
+def ingest_result(args: argparse.Namespace, runs: Runs, drained: float) -> dict[str, Any]:
+    base, engine, p99s = runs.base, runs.engine, runs.p99s
+    alone, alone_p99s, all_codes = runs.alone, runs.alone_p99s, runs.all_codes
     median_engine, median_base = statistics.median(engine), statistics.median(base)
     median_p99 = statistics.median(p99s) * 1000
     # Per round, then the median: the rounds' machines differ, a round's runs hardly.
     ratio = statistics.median(e / b for e, b in zip(engine, base, strict=True))
     alone_ratio = statistics.median(a / b for a, b in zip(alone, base, strict=True))
     alone_p99 = statistics.median(alone_p99s) * 1000
-    ingest = write_result(
+    return write_result(
         "ingest",
         {
             "command": f"hey -z {args.seconds}s -c {args.concurrency} POST /api/event",
@@ -297,26 +383,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         },
         unit="requests/s",
     )
-    live99, query99 = p99(fresh["to_live_seconds"]), p99(fresh["to_query_seconds"])
-    achieved = fresh["achieved_hits_per_second"]
-    freshness_result = write_result(
-        "freshness",
-        fresh,
-        [
-            Target("steady load hits/s", f">= {args.fresh_rate}", achieved, None),
-            Target("202 -> realtime p99 s", "<= 1", round(live99, 3), live99 <= 1),
-            Target("202 -> /api/v2/query p99 s", "<= 5", round(query99, 3), query99 <= 5),
-        ],
-        chart={"realtime p99": live99, "/api/v2/query p99": query99},
-        unit="seconds",
-    )
-    return [ingest, freshness_result]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--runs", type=int, default=3, help="rounds of the ingest runs (0: freshness only)"
+    )
     parser.add_argument("--fresh-rate", type=int, default=5000)
     parser.add_argument(
         "--fresh-warmup", type=float, default=10, help="seconds of load before the first probe"

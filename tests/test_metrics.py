@@ -235,6 +235,11 @@ def test_metrics_move_after_hits(stack: Stack, site_key: str) -> None:
     for table in ("events", "rollup_log", "sessions"):
         assert delta_now(stack, before, "rollup_store_insert_seconds_count", table=table) >= 1
     assert delta_now(stack, before, "rollup_store_rows_total", table="rollup_log") >= 22
+    # Stage timing: each stored output message's delay from the worker's send, each batch's time.
+    messages = delta_now(stack, before, "rollup_store_delay_seconds_count")
+    assert messages >= 3
+    assert 0 < delta_now(stack, before, "rollup_store_delay_seconds_sum") < 60 * messages
+    assert delta_now(stack, before, "rollup_store_batch_seconds_count") >= 1
 
 
 def delta_now(stack: Stack, before: Samples, name: str, **labels: str) -> float:

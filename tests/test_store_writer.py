@@ -42,7 +42,8 @@ class FakeConsumer:
 
 def records(outputs: list[WorkerOutput]) -> dict[Any, list[Any]]:
     return {
-        "tp": [SimpleNamespace(value=encode_output(o), partition=o.src_partition, offset=i)
+        "tp": [SimpleNamespace(value=encode_output(o), partition=o.src_partition, offset=i,
+                               timestamp=time.time() * 1000)  # ms, as Kafka's record time
                for i, o in enumerate(outputs)]
     }  # fmt: skip
 

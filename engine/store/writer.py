@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from config import Settings
 from engine.kafka import group_consumer
@@ -54,6 +55,24 @@ REPLAYS_SKIPPED = Counter(
 BAD_MESSAGES = Counter("rollup_store_bad_messages_total", "Undecodable worker output messages")
 INSERT_FAILURES = Counter("rollup_store_insert_failures_total", "Failed inserts", ["table"])
 INSERT_RETRIES = Counter("rollup_store_insert_retries_total", "Inserts tried again", ["table"])
+STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 30, 60)
+STORED_DELAY = Histogram(
+    "rollup_store_delay_seconds",
+    "Seconds from the worker sending an output message to its rows being queryable (inserted "
+    "and folded into every level): the writer's share of a hit's way to the Stats API",
+    buckets=STAGE_BUCKETS,
+)
+BATCH_SECONDS = Histogram(
+    "rollup_store_batch_seconds",
+    "Time to store one batch: its inserts and level derives",
+    buckets=STAGE_BUCKETS,
+)
+DERIVE_SECONDS = Histogram(
+    "rollup_store_derive_seconds",
+    "Time to fold a batch's log range into one rollup level (one INSERT ... SELECT)",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 APPLIED_OFFSET = Gauge(
     "rollup_store_applied_offset",
     "Highest hits offset stored (for a rollup level: folded into it)",
@@ -227,7 +246,8 @@ class StoreWriter:
             retracted: list[tuple[str, date]] = []
             if table == ROLLUP_LEVELS["day"]:
                 retracted = await self.day_totals.retract_touched(ranges)
-            await self.store.command(derive_sql(table, ranges))
+            with DERIVE_SECONDS.labels(table).time():
+                await self.store.command(derive_sql(table, ranges))
             for partition, (_, high) in ranges.items():
                 have[partition] = high
                 APPLIED_OFFSET.labels(table, str(partition)).set(high)
@@ -299,6 +319,15 @@ class StoreWriter:
             log.info("offset commit skipped (%s); replays will be recognised", exc)
 
     async def _store(self, batches: dict[TopicPartition, Any]) -> None:
+        started = time.monotonic()
+        await self._store_batch(batches)
+        BATCH_SECONDS.observe(time.monotonic() - started)
+        stored_ms = time.time() * 1000
+        for records in batches.values():
+            for record in records:
+                STORED_DELAY.observe(max(0.0, stored_ms - record.timestamp) / 1000)
+
+    async def _store_batch(self, batches: dict[TopicPartition, Any]) -> None:
         newest: dict[str, dict[int, int]] = {target.table: {} for target in self.targets}
         sites: set[str] = set()
         for records in batches.values():
