@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     session_state_idle_seconds: float = 2400.0
     session_expiry_interval: float = 30.0
     store_flush_seconds: float = 0.5
+    # How often the week, month and quarter levels take the log's new rows (and whenever the
+    # writer is idle). Queries read those levels only for spans that ended before today, which
+    # live hits never touch; late hits for older days reach them within this delay.
+    store_coarse_levels_seconds: float = 10.0
     events_retention_days: int = 90
     live_window_minutes: int = 30
     stats_rate_limit_per_hour: int = 600  # default of a new key; each key has its own

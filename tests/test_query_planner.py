@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.query import plan_query, sql
-from engine.query.planner import CANDIDATES, SKETCH_SLACK
+from engine.query.dates import COARSE_DAY_LEVELS, DateRange
+from engine.query.planner import CANDIDATES, SKETCH_SLACK, _closed_day_cover
 from tests.query_helpers import inlined
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
@@ -273,7 +276,8 @@ def test_vitals_render_rounded_and_null_without_samples() -> None:
 
 
 def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() -> None:
-    p = plan(date_range=["2025-11-27", "2026-11-26"], dimensions=["visit:source"])
+    after = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # every span closed (see below)
+    p = plan(now=after, date_range=["2025-11-27", "2026-11-26"], dimensions=["visit:source"])
     sql = inlined(p.statements[0])
     assert p.table == "rollup_day"  # the resolution: local days
     assert "FROM rollup_month WHERE" in sql and "FROM rollup_week WHERE" in sql
@@ -289,6 +293,46 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
     assert "rollup_quarter" not in by_month  # a quarter spans three month buckets
     assert "rollup_month" not in plan(date_range="12mo", dimensions=["time:week"]).statements[0].sql
     assert "UNION ALL" not in plan(date_range=["2026-11-03", "2026-11-08"]).statements[0].sql
+
+
+def test_coarse_levels_serve_only_spans_that_ended_before_today() -> None:
+    """The writer feeds week, month and quarter levels every few seconds: live hits land on
+    today, so a span holding today reads days, even when its week or month is whole."""
+    sunday = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    sql = inlined(plan(now=sunday, date_range=["2026-10-01", "2026-11-29"]).statements[0])
+    assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
+    assert "(week >= '2026-11-02' AND week < '2026-11-23')" in sql
+    assert "(day >= '2026-11-23' AND day < '2026-11-30')" in sql
+    # A week later, that week is closed and its level serves it.
+    later = inlined(
+        plan(now=sunday + timedelta(days=1), date_range=["2026-10-01", "2026-11-29"]).statements[0]
+    )
+    assert "(week >= '2026-11-02' AND week < '2026-11-30')" in later
+    # In the site's zone: 23:30 UTC on Sunday is Monday in Berlin, so Sunday has ended there.
+    late = sunday.replace(hour=23, minute=30)
+    berlin = inlined(
+        plan(tz="Europe/Berlin", now=late, date_range=["2026-10-01", "2026-11-29"]).statements[0]
+    )
+    assert "(week >= '2026-11-02' AND week < '2026-11-30')" in berlin
+    assert "(week >= '2026-11-02' AND week < '2026-11-23')" in inlined(
+        plan(now=late, date_range=["2026-10-01", "2026-11-29"]).statements[0]
+    )
+
+
+@given(
+    first=st.dates(date(2024, 1, 1), date(2027, 12, 31)),
+    days=st.integers(1, 800),
+    today_offset=st.integers(-50, 850),
+)
+def test_closed_day_cover_partitions_the_range(first: date, days: int, today_offset: int) -> None:
+    today = first + timedelta(days=today_offset)
+    start = datetime.combine(first, time(), UTC)
+    dr = DateRange(start, start + timedelta(days=days), "custom", ZoneInfo("UTC"), days)
+    spans = _closed_day_cover(dr, today, COARSE_DAY_LEVELS)
+    covered = [a + timedelta(days=i) for _, a, b in spans for i in range((b - a).days)]
+    assert covered == [first + timedelta(days=i) for i in range(days)]  # each date once, in order
+    assert all(b <= today for level, _, b in spans if level != "day")
+    assert all(a[0] != "day" or b[0] != "day" for a, b in pairwise(spans))
 
 
 def test_ranking_by_visitors_merges_the_sketches_of_the_top_candidates_only() -> None:

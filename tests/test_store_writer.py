@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -344,3 +345,52 @@ async def test_a_crash_between_retracting_and_finalizing_again_stays_exact(
     # Retracted rows before the crash are history: a replay changes nothing.
     await restarted._apply(FakeConsumer(), records([output(0, 1, late)]))  # type: ignore[arg-type]
     assert finalized(store) == {"2026-11-18": 25}
+
+
+def pageviews_since(store: Store, now: datetime, first: str) -> tuple[int, str]:
+    """Pageviews from `first` to today (Berlin) through the planner, and the SQL it ran."""
+    today = now.astimezone(ZoneInfo("Europe/Berlin")).date().isoformat()
+    plan = plan_query(
+        {"site_id": "w.test", "metrics": ["pageviews"], "date_range": [first, today]},
+        timezone="Europe/Berlin", now=now, first_day=None,
+    )  # fmt: skip
+    return run(store._client, plan)["results"][0]["metrics"][0], plan.statements[0].sql
+
+
+async def test_coarse_levels_wait_for_their_interval_or_an_idle_writer(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, store_coarse_levels_seconds=3600)
+    store = Store(settings)
+    store.open()
+    store.migrate()
+    writer = StoreWriter(settings, store)
+    await writer.reload_applied()
+    now = datetime.now(UTC)
+    ts = now.timestamp()
+    weeks_ago = ts - 15 * DAY  # inside a whole week of the range below, long closed
+
+    def level_pageviews(table: str) -> int:
+        return int(store.query_sync(f"SELECT sum(pageviews) FROM {table} WHERE dim = ''")[0][0])
+
+    # The first batch after start derives every level; the next ones only the fine levels.
+    await writer._apply(FakeConsumer(), records([output(0, 0, [hit("/a", 1, weeks_ago)])]))  # type: ignore[arg-type]
+    assert level_pageviews("rollup_week") == level_pageviews("rollup_day") == 1
+    version = writer.data_version("w.test")
+    batch = [output(0, 1, [hit("/late", 2, weeks_ago), hit("/b", 3, ts), hit("/c", 4, ts)])]
+    await writer._apply(FakeConsumer(), records(batch))  # type: ignore[arg-type]
+    assert level_pageviews("rollup_day") == 4
+    assert level_pageviews("rollup_week") == level_pageviews("rollup_month") == 1
+    assert writer.data_version("w.test") != version
+    # A range that ends today reads whole past weeks from their level, today from the days:
+    # today's hits count at once, while the coarse levels wait.
+    first = (now - timedelta(days=35)).astimezone(ZoneInfo("Europe/Berlin")).date().isoformat()
+    counted, sql = pageviews_since(store, now, first)
+    assert "FROM rollup_week" in sql
+    assert counted == 3  # the late hit for a closed week reaches it with the coarse levels
+    # Idle, the writer derives them at once; cached answers of the site move again.
+    version = writer.data_version("w.test")
+    await writer.derive_coarse()
+    for table in ("rollup_week", "rollup_month", "rollup_quarter"):
+        assert level_pageviews(table) == 4, table
+    assert pageviews_since(store, now, first)[0] == 4
+    assert writer.data_version("w.test") != version
+    store.close()

@@ -273,7 +273,8 @@ def plan_query(
         )
     else:
         event_table = table.removesuffix(MIXED_SUFFIX)
-        select = _event_select(query, dr, gran, event_table)
+        today = now.astimezone(tz).date()
+        select = _event_select(query, dr, gran, event_table, today)
         wanted = set(event_metrics) | ({"visitors"} if "percentage" in event_metrics else set())
         columns = tuple(m for m in (*BASE_METRICS, *VITAL_METRICS) if m in wanted)
         main_index = len(statements)
@@ -544,7 +545,9 @@ class _Select:
         return self.params.statement(f"SELECT count() FROM ({inner})")
 
 
-def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: str) -> _Select:
+def _event_select(
+    query: Query, dr: DateRange, gran: Granularity | None, table: str, today: date
+) -> _Select:
     params = Params()
     conds = [f"site = {params.string(query.site_id)}"]
     column_of: ColumnOf
@@ -589,7 +592,7 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
             bound = "sum(t_events)"
             having = f"{bound} > 0"
         elif table == "rollup_day":
-            spans = day_cover(dr.local_start_date, dr.local_end_date, _COARSE_FOR.get(gran, ()))
+            spans = _closed_day_cover(dr, today, _COARSE_FOR.get(gran, ()))
             if any(level != "day" for level, _, _ in spans):
                 source = _day_levels(spans, conds, params)
             else:
@@ -620,6 +623,23 @@ def _event_select(query: Query, dr: DateRange, gran: Granularity | None, table: 
         bound,
         tight,
     )
+
+
+def _closed_day_cover(
+    dr: DateRange, today: date, levels: tuple[DayLevel, ...]
+) -> list[tuple[DayLevel, date, date]]:
+    """day_cover of the range, its coarse levels only for spans that ended before the site's
+    today: the store writer feeds those levels every few seconds rather than every batch, and
+    live hits only ever land on today."""
+    first, end = dr.local_start_date, dr.local_end_date
+    closed = min(max(first, today), end)
+    spans = day_cover(first, closed, levels)
+    if closed < end:
+        if spans and spans[-1][0] == "day":
+            spans[-1] = ("day", spans[-1][1], end)
+        else:
+            spans.append(("day", closed, end))
+    return spans
 
 
 def _by_day_totals(query: Query, gran: Granularity | None, dim: str) -> bool:

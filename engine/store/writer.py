@@ -177,6 +177,10 @@ class StoreWriter:
         self.healthy = False
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
+        # The coarse levels are derived every few seconds, not every batch: when next, and the
+        # sites whose rows wait for them (their cached answers change again then).
+        self._coarse_due = 0.0
+        self._coarse_sites: set[str] = set()
         # The rebalance listener runs on aiokafka's coordinator task, concurrently with a batch
         # being applied: without this lock both could derive the same log range into a level.
         self._lock = asyncio.Lock()
@@ -231,11 +235,14 @@ class StoreWriter:
         await self.derive_levels()
         self.epoch += 1
 
-    async def derive_levels(self) -> None:
+    async def derive_levels(self, coarse: bool = True) -> None:
         """Fold what the log holds beyond each level's own record into that level. One
-        INSERT ... SELECT per level, each atomic, each recorded in the level itself."""
+        INSERT ... SELECT per level, each atomic, each recorded in the level itself. Without
+        `coarse`, the week, month and quarter levels are left for a later call."""
         logged = self.rollup_log.applied
         for table, have in self.levels.items():
+            if not coarse and table in COARSE_LEVELS:
+                continue
             ranges = {
                 partition: (have.get(partition, -1), high)
                 for partition, high in logged.items()
@@ -284,6 +291,9 @@ class StoreWriter:
                 self.healthy = True
                 if batches:
                     await self._apply(consumer, batches)
+                elif self._coarse_sites:
+                    async with self._lock:  # idle: nothing to gain by waiting
+                        await self.derive_coarse()
         finally:
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
@@ -364,10 +374,23 @@ class StoreWriter:
                 for partition, offset in newest[target.table].items():
                     target.applied[partition] = offset
                     APPLIED_OFFSET.labels(target.table, str(partition)).set(offset)
-            await self.derive_levels()
+            if time.monotonic() >= self._coarse_due:
+                await self.derive_coarse(sites)
+            else:
+                # Every batch costs a derive per level it feeds, and the week, month and quarter
+                # levels cost as much as the rest: they wait (see store_coarse_levels_seconds).
+                await self.derive_levels(coarse=False)
+                self._coarse_sites |= sites
         finally:
             # Even a failed batch may have left rows: no cached answer may outlive it.
             self._touched(sites)
+
+    async def derive_coarse(self, sites: set[str] | None = None) -> None:
+        """Every level, the coarse ones included; then the sites whose rows reached them."""
+        await self.derive_levels()
+        self._coarse_due = time.monotonic() + self.settings.store_coarse_levels_seconds
+        waited, self._coarse_sites = self._coarse_sites, set()
+        self._touched(waited - (sites or set()))
 
     async def _flush(self, target: Target) -> int:
         for attempt in range(3):
