@@ -50,7 +50,8 @@ def draw_chart(name: str, values: dict[str, float], unit: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     labels = list(values)
     bars = ax.barh(labels, [values[k] for k in labels], color="#4c78a8")
-    ax.bar_label(bars, labels=[f"{values[k]:,.0f}" for k in labels], padding=3)
+    ax.bar_label(bars, labels=[_figure(values[k]) for k in labels], padding=3)
+    ax.margins(x=0.12)  # room for the bar labels
     ax.set_xlabel(unit)
     ax.set_title(name)
     ax.invert_yaxis()
@@ -59,6 +60,11 @@ def draw_chart(name: str, values: dict[str, float], unit: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _figure(value: float) -> str:
+    """Three significant figures or more: a 0.53 s bar must not read "1"."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def write_result(
