@@ -59,7 +59,8 @@ STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 30, 60)
 STORED_DELAY = Histogram(
     "rollup_store_delay_seconds",
     "Seconds from the worker sending an output message to its rows being queryable (inserted "
-    "and folded into every level): the writer's share of a hit's way to the Stats API",
+    "and folded into the levels that serve today): the writer's share of a hit's way to the "
+    "Stats API",
     buckets=STAGE_BUCKETS,
 )
 BATCH_SECONDS = Histogram(
