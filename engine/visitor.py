@@ -51,6 +51,7 @@ class SaltStore:
         self._cached: Salts | None = None
         # The cached day as epoch seconds [start, end): a request compares floats, no dates.
         self._cached_span = (0.0, 0.0)
+        self._yesterday: tuple[dt.date, bytes] | None = None  # made by `yesterdays`
 
     async def salts_at(self, ts: float) -> Salts:
         """`salts` for an epoch second: the hot path's form, cheap within the cached day."""
@@ -79,10 +80,14 @@ class SaltStore:
         midnight): imports of yesterday's hits then agree on one salt across requests. It expires
         on the same schedule as any other, 48 hours after its day began."""
         day = now.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+        if self._yesterday is not None and self._yesterday[0] == day:
+            return self._yesterday[1]  # once a day, not once an import request
         try:
-            return await self._get_or_create(day)
+            salt = await self._get_or_create(day)
         except RedisError as exc:
             raise UnavailableError(f"salt store (Redis) unavailable: {exc}", 5) from exc
+        self._yesterday = (day, salt)
+        return salt
 
     async def _get_or_create(self, day: dt.date) -> bytes:
         key = SALT_KEY.format(day=day)

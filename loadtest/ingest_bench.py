@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -264,28 +264,23 @@ def p99(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not shutil.which("hey"):
         sys.exit("hey is not installed: apt-get install -y hey")
-    base: list[float] = []
-    engine: list[float] = []
-    p99s: list[float] = []
-    alone: list[float] = []
-    alone_p99s: list[float] = []
-    all_codes: list[dict[str, int]] = []
+    runs = Runs()
     with embedded_stack() as stack:
         key = stack.add_site("bench.test")
         time.sleep(1.5)
         # Rounds of bare server, engine, ingest alone: this machine's speed drifts by 2x within
         # minutes, so each ratio compares runs minutes apart at most.
         for number in range(args.runs):
-            accepted = sum(codes.get("202", 0) for codes in all_codes)
+            accepted = sum(codes.get("202", 0) for codes in runs.all_codes)
             with progress.timed(f"round {number + 1}: engine draining the backlog", 60):
                 wait_drained(stack, accepted)
             with progress.timed(f"round {number + 1}: bare server", args.seconds):
-                base.append(baseline(args.seconds, args.concurrency))
+                runs.base.append(baseline(args.seconds, args.concurrency))
             with progress.timed(f"round {number + 1}: engine", args.seconds):
                 rps, tail, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
-            engine.append(rps)
-            p99s.append(tail)
-            all_codes.append(codes)
+            runs.engine.append(rps)
+            runs.p99s.append(tail)
+            runs.all_codes.append(codes)
             # The same with the rest of the engine paused: what the ingest takes when it has
             # the machine (with hey) to itself, as on a node of its own. Kafka keeps the hits.
             with (
@@ -295,16 +290,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rps_alone, tail_alone, codes = hey(
                     f"{stack.url}/api/event", args.seconds, args.concurrency
                 )
-            alone.append(rps_alone)
-            alone_p99s.append(tail_alone)
-            all_codes.append(codes)
+            runs.alone.append(rps_alone)
+            runs.alone_p99s.append(tail_alone)
+            runs.all_codes.append(codes)
             print(
-                f"  round {number + 1}: bare {base[-1]:,.0f} req/s; engine {rps:,.0f} req/s, "
+                f"  round {number + 1}: bare {runs.base[-1]:,.0f} req/s; engine {rps:,.0f} req/s, "
                 f"p99 {tail * 1000:.1f} ms; ingest alone {rps_alone:,.0f} req/s, "
                 f"p99 {tail_alone * 1000:.1f} ms",
                 flush=True,
             )
-        accepted = sum(codes.get("202", 0) for codes in all_codes)
+        accepted = sum(codes.get("202", 0) for codes in runs.all_codes)
         with progress.timed("engine draining the runs' backlog", 60):
             drained = wait_drained(stack, accepted)
         print(f"  backlog of the runs drained {drained:.1f} s after they ended", flush=True)
@@ -313,8 +308,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         print(f"  freshness: {fresh}", flush=True)
     results = []
-    if engine:
-        runs = Runs(base, engine, p99s, alone, alone_p99s, all_codes)
+    if runs.engine:
         results.append(ingest_result(args, runs, drained))
     live99, query99 = p99(fresh["to_live_seconds"]), p99(fresh["to_query_seconds"])
     achieved = fresh["achieved_hits_per_second"]
@@ -339,35 +333,35 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 class Runs:
     """The ingest rounds' figures, one entry per round (codes: two per round)."""
 
-    base: list[float]
-    engine: list[float]
-    p99s: list[float]
-    alone: list[float]
-    alone_p99s: list[float]
-    all_codes: list[dict[str, int]]
+    base: list[float] = field(default_factory=list)
+    engine: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    alone: list[float] = field(default_factory=list)
+    alone_p99s: list[float] = field(default_factory=list)
+    all_codes: list[dict[str, int]] = field(default_factory=list)
 
 
 def ingest_result(args: argparse.Namespace, runs: Runs, drained: float) -> dict[str, Any]:
-    base, engine, p99s = runs.base, runs.engine, runs.p99s
-    alone, alone_p99s, all_codes = runs.alone, runs.alone_p99s, runs.all_codes
-    median_engine, median_base = statistics.median(engine), statistics.median(base)
-    median_p99 = statistics.median(p99s) * 1000
+    median_engine, median_base = statistics.median(runs.engine), statistics.median(runs.base)
+    median_p99 = statistics.median(runs.p99s) * 1000
     # Per round, then the median: the rounds' machines differ, a round's runs hardly.
-    ratio = statistics.median(e / b for e, b in zip(engine, base, strict=True))
-    alone_ratio = statistics.median(a / b for a, b in zip(alone, base, strict=True))
-    alone_p99 = statistics.median(alone_p99s) * 1000
+    ratio = statistics.median(e / b for e, b in zip(runs.engine, runs.base, strict=True))
+    alone_ratio = statistics.median(a / b for a, b in zip(runs.alone, runs.base, strict=True))
+    alone_p99 = statistics.median(runs.alone_p99s) * 1000
     return write_result(
         "ingest",
         {
             "command": f"hey -z {args.seconds}s -c {args.concurrency} POST /api/event",
-            "engine_requests_per_second": [round(x) for x in engine],
-            "engine_p99_ms": [round(x * 1000, 1) for x in p99s],
-            "ingest_alone_requests_per_second": [round(x) for x in alone],
-            "ingest_alone_p99_ms": [round(x * 1000, 1) for x in alone_p99s],
+            "engine_requests_per_second": [round(x) for x in runs.engine],
+            "engine_p99_ms": [round(x * 1000, 1) for x in runs.p99s],
+            "ingest_alone_requests_per_second": [round(x) for x in runs.alone],
+            "ingest_alone_p99_ms": [round(x * 1000, 1) for x in runs.alone_p99s],
             "backlog_drained_seconds": round(drained, 1),
-            "status_codes": all_codes,
-            "bare_server_requests_per_second": [round(x) for x in base],
-            "ratios_per_round": [round(e / b, 3) for e, b in zip(engine, base, strict=True)],
+            "status_codes": runs.all_codes,
+            "bare_server_requests_per_second": [round(x) for x in runs.base],
+            "ratios_per_round": [
+                round(e / b, 3) for e, b in zip(runs.engine, runs.base, strict=True)
+            ],
         },
         [
             Target("requests/s vs bare server", ">= 0.70", round(ratio, 3), ratio >= 0.7),
@@ -378,7 +372,7 @@ def ingest_result(args: argparse.Namespace, runs: Runs, drained: float) -> dict[
         ],
         chart={
             "rollup /api/event": median_engine,
-            "ingest alone": statistics.median(alone),
+            "ingest alone": statistics.median(runs.alone),
             "bare server": median_base,
         },
         unit="requests/s",
