@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.clock import DAY, day_of, day_start, one_day_anchor, seconds_to_midnight
+from tests.clock import (
+    DAY,
+    HOUR,
+    day_of,
+    day_start,
+    one_day_anchor,
+    seconds_to_boundary,
+    seconds_to_midnight,
+)
 
 TIMES = st.floats(min_value=1.6e9, max_value=2.1e9)
 SPANS = st.floats(min_value=0, max_value=DAY - 2)
@@ -26,3 +34,17 @@ def test_fixed_times() -> None:
     assert one_day_anchor(midnight + 300, 1200) == midnight - 1
     assert one_day_anchor(midnight + 3600, 1200) == midnight + 3600
     assert seconds_to_midnight(midnight - 90) == 90
+
+
+@given(now=TIMES, period=st.sampled_from([HOUR, DAY]))
+def test_boundary_is_ahead_within_one_period(now: float, period: int) -> None:
+    left = seconds_to_boundary(period, now)
+    assert 0 < left <= period
+    boundary = now + left
+    assert abs(boundary - round(boundary / period) * period) < 1e-3
+
+
+def test_hour_boundary() -> None:
+    midnight = 1_795_824_000.0
+    assert seconds_to_boundary(HOUR, midnight + 3 * HOUR - 60) == 60
+    assert seconds_to_boundary(HOUR, midnight) == HOUR
