@@ -56,6 +56,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "producer_max_request_size": 16 * 1024 * 1024,
+        # Record batches of up to 1 MB: the session changelog goes out a batch at a time.
+        "producer_max_batch_size": 1024 * 1024,
         "stream_wait_empty": False,
         # After a SIGKILL, Tansu can report a changelog highwater one below the offset RocksDB
         # persisted, and Faust then refuses to start. Our table states carry their own applied
@@ -112,6 +114,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     @app.timer(interval=settings.session_expiry_interval)  # type: ignore[untyped-decorator]
     async def expire_sessions() -> None:
         sessions.expire()
+        await sessions.changelog.flush()
 
     in_order = consumer_order.InOrder(app, settings.hits_topic)
 
@@ -162,9 +165,9 @@ def build_worker_app(settings: Settings) -> faust.App:
             newest_ts = max(newest_ts, newest)
         # One table write per key per batch, under the last event that touched the key.
         sessions.end_batch()
-        # The batch's offsets are acknowledged when this returns: only once every output is
-        # acknowledged by the broker.
-        await asyncio.gather(*sends)
+        # The batch's offsets are acknowledged when this returns: only once every output and
+        # every changelog record is acknowledged by the broker.
+        await asyncio.gather(*sends, sessions.changelog.flush())
         if newest_ts:
             LAG_SECONDS.observe(max(0.0, time.time() - newest_ts))
         BATCH_SECONDS.observe(time.monotonic() - started)

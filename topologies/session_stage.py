@@ -29,6 +29,7 @@ from engine.sessions import (
     VisitorSessions,
     deleted_row,
 )
+from topologies.changelog import BatchedChangelog
 
 LATE_HITS = Counter(
     "rollup_worker_late_hits_total",
@@ -90,6 +91,7 @@ class SessionStage:
         self.table = table
         self.lateness = lateness
         self.idle_seconds = idle_seconds
+        self.changelog = BatchedChangelog(table)
         self._batch: dict[str, _Loaded] = {}
 
     def process(self, hits: list[Hit], event: Any) -> tuple[list[dict[str, Any]], list[Hit]]:
@@ -144,23 +146,29 @@ class SessionStage:
         return loaded
 
     def end_batch(self) -> None:
-        """Write back every state the batch touched, each under the context of the last event
-        that touched it, so the changelog record goes to that event's partition."""
+        """Write back every state the batch touched, its changelog record to the partition of
+        the last event that touched it; `changelog.flush()` sends the records."""
         now = time.time()
         batch, self._batch = self._batch, {}
         for key, loaded in batch.items():
+            partition = loaded.event.message.partition
+            value = wrap(loaded.state, loaded.partition, now)
+            # The store picks its per-partition database by the current event.
             with event_context(loaded.event):
-                self.table[key] = wrap(loaded.state, loaded.partition, now)
-                if loaded.adopted is not None and loaded.adopted in self.table:
-                    del self.table[loaded.adopted]
+                self.table.data[key] = value
+                self.changelog.put(partition, key, value)
+                if loaded.adopted is not None and loaded.adopted in self.table.data:
+                    del self.table.data[loaded.adopted]
+                    self.changelog.put(partition, loaded.adopted, None)
 
     def discard_batch(self) -> None:
         self._batch.clear()
 
     def expire(self) -> int:
         """Drop states idle longer than the window in which they could still change; returns
-        how many states remain. Runs from a timer, outside stream iteration, so it writes the
-        changelog tombstone to the partition recorded in each state."""
+        how many states remain. Runs from a timer, outside stream iteration, so it queues the
+        changelog tombstone for the partition recorded in each state (`changelog.flush()`
+        sends them)."""
         now = time.time()
         remaining = 0
         expired: list[tuple[str, int]] = []
@@ -171,8 +179,8 @@ class SessionStage:
             else:
                 remaining += 1
         for key, partition in expired:
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
             del self.table.data[key]
+            self.changelog.put(partition, key, None)
         EXPIRED_STATES.inc(len(expired))
         SESSION_STATES.set(remaining)
         return remaining
