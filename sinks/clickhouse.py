@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.event_rows import block_rows
-from engine.rollup_rows import ROLLUP_COLUMNS, RollupBatch
+from engine.rollup_rows import LOG_COLUMNS
 from engine.store.client import Store
 from sinks.base import Sink
 
@@ -39,33 +39,24 @@ class _RowSink(Sink[Any]):
         return len(rows)
 
 
-_LOG_COLUMNS = (*ROLLUP_COLUMNS, "src_partition", "src_offset")
-
-
-class RollupLogSink(Sink[RollupBatch]):
-    """The worker's columns as they came, one columnar insert per flush: no per-row objects
-    (building and encoding a dict per row took a quarter of the store writer's time)."""
+class RollupLogSink(Sink[bytes]):
+    """Blocks of `rollup_log` rows the worker already encoded (engine/rollup_rows.py
+    `log_block`): inserted as they are, one insert per flush."""
 
     table = "rollup_log"
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._columns: dict[str, list[Any]] = {name: [] for name in _LOG_COLUMNS}
+        self._blocks: list[bytes] = []
         self._rows = 0
 
-    def add(self, item: RollupBatch, src_partition: int, src_offset: int) -> None:
-        count = len(item.columns["site"])
-        for name in ROLLUP_COLUMNS:
-            values = item.columns[name]
-            if len(values) != count:
-                raise ValueError(f"rollup column {name!r} has {len(values)} values, not {count}")
-            self._columns[name].extend(values)
-        self._columns["src_partition"].extend([src_partition] * count)
-        self._columns["src_offset"].extend([src_offset] * count)
-        self._rows += count
+    def add(self, item: bytes, src_partition: int, src_offset: int) -> None:
+        if item:
+            self._blocks.append(item)
+            self._rows += block_rows(item)
 
     def discard(self) -> None:
-        self._columns = {name: [] for name in _LOG_COLUMNS}
+        self._blocks = []
         self._rows = 0
 
     @property
@@ -75,7 +66,13 @@ class RollupLogSink(Sink[RollupBatch]):
     async def flush(self) -> int:
         rows = self._rows
         if rows:
-            await self._store.insert_columns(self.table, self._columns, rows)
+            await self._store.insert_block(
+                self.table,
+                b"\n".join(self._blocks),
+                rows,
+                fmt="JSONCompactEachRow",
+                columns=LOG_COLUMNS,
+            )
             self.discard()
         return rows
 

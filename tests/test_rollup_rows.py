@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from engine.dimensions import FIELD_OF, TOTAL
 from engine.hits import VITALS, Hit
 from engine.rollup_rows import (
+    LOG_COLUMNS,
     ROLLUP_COLUMNS,
     WorkerOutput,
     build_rollup_rows,
@@ -84,13 +85,19 @@ def test_vitals_of_counted_hits_count_too_and_minutes_stay_apart() -> None:
     ]
 
 
-def test_codec_round_trip_and_version_2_messages() -> None:
+def test_codec_round_trip_and_older_messages() -> None:
     hits = [hit("pageview", "/a", 1), hit("engagement", "/a", 1, {"fcp": 700.0})]
-    out = WorkerOutput.of(3, 42, build_rollup_rows(hits), [], hits)
+    rollups = build_rollup_rows(hits)
+    out = WorkerOutput.of(3, 42, rollups, [], hits)
     back = decode_output(encode_output(out))
     assert (back.src_partition, back.src_offset) == (3, 42)
-    assert back.rollups.columns == out.rollups.columns
     assert back.sites == ["r.test"]
+    # The rollup_log block: one array per row, the columns in LOG_COLUMNS order, tagged.
+    log = [orjson.loads(line) for line in back.rollups.split(b"\n")]
+    assert back.rollups == out.rollups and len(log) == len(rollups)
+    columns = {name: [row[i] for row in log] for i, name in enumerate(LOG_COLUMNS)}
+    assert {k: columns[k] for k in ROLLUP_COLUMNS} == rollups.columns
+    assert set(columns["src_partition"]) == {3} and set(columns["src_offset"]) == {42}
     # The events block: one JSON row per hit, tagged with its source message.
     rows = [orjson.loads(line) for line in back.events.split(b"\n")]
     assert [(r["name"], r["src_partition"], r["src_offset"]) for r in rows] == [
@@ -98,21 +105,28 @@ def test_codec_round_trip_and_version_2_messages() -> None:
         ("engagement", 3, 42),
     ]
     assert rows[1]["fcp"] == 700.0 and rows[0]["fcp"] is None
-    # A version 3 message (hits as maps) is read into the same block.
+    # Version 4 (rollup rows as columns) and 3 (hits as maps) are read into the same blocks.
+    v4 = msgpack.packb(
+        {"v": 4, "src": [3, 42], "rows": rollups.columns, "sessions": [], "events": out.events,
+         "sites": out.sites},
+        use_bin_type=True,
+    )  # fmt: skip
+    assert decode_output(v4) == back
     v3 = msgpack.packb(
-        {"v": 3, "src": [3, 42], "rows": out.rollups.columns, "sessions": [], "hits": hits},
+        {"v": 3, "src": [3, 42], "rows": rollups.columns, "sessions": [], "hits": hits},
         use_bin_type=True,
     )
-    assert (decode_output(v3).events, decode_output(v3).sites) == (back.events, back.sites)
-    # A message written by the previous version has no vitals columns: read as empty lists.
-    old_rows = {k: v for k, v in out.rollups.columns.items() if k not in VITALS}
+    assert decode_output(v3) == back
+    # A message written by version 2 has no vitals columns: read as empty lists.
+    old_rows = {k: v for k, v in rollups.columns.items() if k not in VITALS}
     old = msgpack.packb(
         {"v": 2, "src": [3, 42], "rows": old_rows, "sessions": [], "hits": hits},
         use_bin_type=True,
     )
-    decoded = decode_output(old).rollups.columns
-    n = len(decoded["site"])
-    assert all(decoded[v] == [[]] * n for v in VITALS)
+    decoded = [orjson.loads(line) for line in decode_output(old).rollups.split(b"\n")]
+    vitals_at = [LOG_COLUMNS.index(v) for v in VITALS]
+    assert all(row[i] == [] for row in decoded for i in vitals_at)
+    assert [row[:7] for row in decoded] == [row[:7] for row in log]
 
 
 def reference_rows(hits: list[Hit]) -> dict[tuple[str, int, str, str], tuple[Any, ...]]:

@@ -17,7 +17,7 @@ import pytest
 from config import load_settings
 from engine.hits import Hit
 from engine.query import plan_query
-from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output
+from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output, log_block
 from engine.store.client import Store
 from engine.store.schema import LEVEL_GRANULARITY, ROLLUP_LEVELS, ddl
 from engine.store.writer import StoreWriter
@@ -96,7 +96,7 @@ async def test_levels_catch_up_after_a_crash_between_log_and_levels(store: Store
     await writer.reload_applied()
     await writer._apply(FakeConsumer(), records([output(1, 0, [hit("/a", 1, now)])]))  # type: ignore[arg-type]
     # Simulate the crash: the log got a message, the levels did not.
-    writer.rollup_log.sink.add(build_rollup_rows([hit("/b", 2, now)]), 1, 1)
+    writer.rollup_log.sink.add(log_block(build_rollup_rows([hit("/b", 2, now)]), 1, 1), 1, 1)
     await writer.rollup_log.sink.flush()
     assert totals(store)[0] == (1, 1)
     restarted = StoreWriter(store._settings, store)
@@ -222,8 +222,8 @@ async def test_an_older_store_gets_the_coarse_levels_and_small_granules(store: S
 
 
 async def test_rollup_log_columns_arrive_intact(store: Store) -> None:
-    # The log is inserted column by column (JSONCompactColumns): every column lands in its
-    # place, the largest visitor hashes and hostile text included.
+    # The log is inserted as the worker's blocks (JSONCompactEachRow): every column lands in
+    # its place, the largest visitor hashes and hostile text included.
     now = time.time()
     hostile = ['/q?a="1"&b=\\n', "/ünïcødé/😀", "/line\nbreak", "/tab\there", ""]
     hits = [hit(page, (1 << 64) - 1 - i, now + i) for i, page in enumerate(hostile)]
@@ -231,8 +231,8 @@ async def test_rollup_log_columns_arrive_intact(store: Store) -> None:
     sink = StoreWriter(store._settings, store).rollup_log.sink
     batch = build_rollup_rows(hits)
     later = build_rollup_rows(hits[:1])
-    sink.add(batch, 3, 41)
-    sink.add(later, 3, 42)
+    sink.add(log_block(batch, 3, 41), 3, 41)
+    sink.add(log_block(later, 3, 42), 3, 42)
     rows = len(batch.columns["site"]) + len(later.columns["site"])
     assert sink.pending == rows
     assert await sink.flush() == rows

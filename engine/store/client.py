@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -121,27 +121,23 @@ class Store:
         if rows:
             self.insert_block_sync(table, b"\n".join(orjson.dumps(row) for row in rows), len(rows))
 
-    def insert_block_sync(self, table: str, block: bytes, rows: int) -> None:
-        """A JSONEachRow block of `rows` rows, inserted as one part."""
-        started = time.perf_counter()
-        try:
-            self._client.raw_insert(
-                table, insert_block=block, fmt="JSONEachRow", settings=ONE_PART_INSERT
-            )
-        finally:
-            INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-        INSERT_ROWS.labels(table).observe(rows)
-
-    def insert_columns_sync(self, table: str, columns: Mapping[str, list[Any]], rows: int) -> None:
-        """`rows` rows given column by column, inserted as one part: one JSON document of
-        arrays (JSONCompactColumns), encoded in one call instead of one object per row."""
+    def insert_block_sync(
+        self,
+        table: str,
+        block: bytes,
+        rows: int,
+        fmt: str = "JSONEachRow",
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        """A block of `rows` rows in `fmt` (JSONEachRow; JSONCompactEachRow with `columns`),
+        inserted as one part."""
         started = time.perf_counter()
         try:
             self._client.raw_insert(
                 table,
-                column_names=list(columns),
-                insert_block=orjson.dumps(list(columns.values())),
-                fmt="JSONCompactColumns",
+                column_names=list(columns) if columns else None,
+                insert_block=block,
+                fmt=fmt,
                 settings=ONE_PART_INSERT,
             )
         finally:
@@ -167,11 +163,15 @@ class Store:
     async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         await self._run(partial(self.insert_rows_sync, table, rows))
 
-    async def insert_block(self, table: str, block: bytes, rows: int) -> None:
-        await self._run(partial(self.insert_block_sync, table, block, rows))
-
-    async def insert_columns(self, table: str, columns: Mapping[str, list[Any]], rows: int) -> None:
-        await self._run(partial(self.insert_columns_sync, table, columns, rows))
+    async def insert_block(
+        self,
+        table: str,
+        block: bytes,
+        rows: int,
+        fmt: str = "JSONEachRow",
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        await self._run(partial(self.insert_block_sync, table, block, rows, fmt, columns))
 
     async def command(self, sql: str) -> None:
         await self._run(partial(self.command_sync, sql))

@@ -350,7 +350,6 @@ class StoreWriter:
                     log.exception("undecodable output %s/%s", record.partition, record.offset)
                     continue
                 p, o = output.src_partition, output.src_offset
-                sites.update(output.rollups.columns.get("site") or ())
                 sites.update(output.sites)
                 sites.update(row["site"] for row in output.sessions)
                 taken: set[str] = set()
