@@ -224,13 +224,10 @@ def decode_output(payload: bytes) -> WorkerOutput:
             # A version 2 message (written before an upgrade) has no vitals: empty per row.
             if vital not in rows:
                 rows[vital] = [[] for _ in rows["site"]]
+        if "events" not in body:  # versions 2 and 3 carried the hits themselves
+            hits = list(body.get("hits") or [])
+            return WorkerOutput.of(src_partition, src_offset, RollupBatch(rows), sessions, hits)
         log = log_block(RollupBatch(rows), src_partition, src_offset)
-    if "events" not in body:  # versions 2 and 3 carried the hits themselves
-        hits = list(body.get("hits") or [])
-        events = events_block(hits, src_partition, src_offset)
-        return WorkerOutput(
-            src_partition, src_offset, log, sessions, events, sorted({h["site"] for h in hits})
-        )
     return WorkerOutput(
         src_partition,
         src_offset,

@@ -31,11 +31,10 @@ class BatchedChangelog:
         """Queue `key`'s new value (None: deleted) for the changelog partition `partition`."""
         topic = self.table.changelog_topic
         key_bytes, _ = topic.prepare_key(key, self.table.key_serializer)
-        value_bytes = None if value is None else topic.prepare_value(value, "raw")[0]
+        value_bytes = (
+            None if value is None else topic.prepare_value(value, self.table.value_serializer)[0]
+        )
         self._pending[partition].append((key_bytes, value_bytes))
-
-    def __len__(self) -> int:
-        return sum(len(records) for records in self._pending.values())
 
     async def flush(self) -> None:
         """Send what was put and wait until the broker has acknowledged all of it."""
