@@ -437,11 +437,22 @@ def test_tracker_pageviews_events_and_vitals(stack: Stack, browser: Browser) -> 
     # The vitals the browser sent are the page's p75 (one sample: itself, within the sketch's
     # 0.5%, plus the rounding of the answer); the page loaded by pushState has none.
     metric_names = [f"{v}_p75" for v in sorted(vitals)]
-    answer = api.query(
-        {"metrics": metric_names, "date_range": date_range, "dimensions": ["event:page"]}
+
+    def p75_by_page() -> dict[str, dict[str, Any]]:
+        answer = api.query(
+            {"metrics": metric_names, "date_range": date_range, "dimensions": ["event:page"]}
+        )
+        return {r["dimensions"][0]: dict(zip(metric_names, r["metrics"], strict=True))
+                for r in answer["results"]}  # fmt: skip
+
+    # The vitals ride on the last event sent (on leaving the page), which no total above
+    # counts: the totals can be stored before it is, so wait for its samples too.
+    p75 = wait_for(
+        "vitals stored",
+        p75_by_page,
+        lambda t: "/" in t and all(v is not None for v in t["/"].values()),
+        timeout=30,
     )
-    p75 = {r["dimensions"][0]: dict(zip(metric_names, r["metrics"], strict=True))
-           for r in answer["results"]}  # fmt: skip
     assert set(p75) == {"/", "/pricing"}
     assert all(v is None for v in p75["/pricing"].values()), p75
     for name, sample in vitals.items():
