@@ -167,10 +167,34 @@ def _build_into(ds: DataSet, data_dir: Path, verify: bool) -> dict[str, Any]:
     # Catch-up work the store writer would do on start (derived tables), done now.
     from engine.store import writer
 
-    if hasattr(writer, "rebuild_derived"):
-        writer.rebuild_derived(store)
+    writer.rebuild_derived(store)
+    info["finalized"] = True
     store.close()
     return info
+
+
+def stage_finalize(data_dir: Path, days: int) -> dict[str, Any]:
+    """For a store built before the writer finalized days (day_totals, month spans): what the
+    writer would do on start, done now."""
+    from engine.store import writer
+
+    store = _open_store(data_dir, retention_days=max(90, days + 30))
+    started = time.perf_counter()
+    writer.finalize_closed_days(store, dt.datetime.now(dt.UTC))
+    store.close()
+    return {"finalize_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _finalized(
+    data_dir: Path, build: dict[str, Any], days: int, log: Callable[[str], None]
+) -> None:
+    if build.get("finalized"):
+        return
+    log("finalizing the closed days of a store built before that existed ...")
+    build.update(_child("finalize", {"data_dir": str(data_dir), "days": days}))
+    build["finalized"] = True
+    (data_dir / "build.json").write_text(json.dumps(build))
+    log(f"finalized in {build['finalize_seconds']} s")
 
 
 def stage_raw(
@@ -414,6 +438,8 @@ def _dataset(args: dict[str, Any]) -> DataSet:
 
 
 def _run_stage(stage: str, args: dict[str, Any]) -> dict[str, Any]:
+    if stage == "finalize":
+        return stage_finalize(Path(args["data_dir"]), int(args["days"]))
     ds = _dataset(args)
     data_dir = Path(args["data_dir"])
     if stage == "build":
@@ -450,6 +476,7 @@ def run_queries(
         last_day = dt.date.fromisoformat(build.get("last_day", last_day.isoformat()))
         common["last_day"] = last_day.isoformat()
         ds = _dataset(common)
+        _finalized(data_dir, build, days, log)
     else:
         log(f"building {pageviews:,} pageviews over {days} days in {data_dir} ...")
         build = _child("build", {**common, "verify": verify})
@@ -554,6 +581,7 @@ def run_growth(
         build = json.loads((data_dir / "build.json").read_text())
         last_day = dt.date.fromisoformat(build["last_day"])
         pageviews_per_day = int(build.get("pageviews_per_day", pageviews_per_day))
+        _finalized(data_dir, build, days, log)
     common = {
         "pageviews": pageviews_per_day * days,
         "days": days,

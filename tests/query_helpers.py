@@ -26,7 +26,7 @@ from engine.hits import VITALS
 from engine.query import QueryPlan, plan_query, sql
 from engine.query.sql import Statement
 from engine.rollup_rows import ROLLUP_COLUMNS
-from engine.store import day_totals, session_rollup
+from engine.store import day_totals, session_rollup, spans
 from engine.store.schema import ROLLUP_LEVELS, SESSION_ROLLUP, ddl, derive_sql
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
@@ -237,7 +237,9 @@ def open_store(path: Path, hits: list[Hit], sessions: list[Session] | None = Non
     # The store writer folds the log into the levels; do the same for the whole log.
     for level in ROLLUP_LEVELS.values():
         client.command(derive_sql(level, None))
-    # And finalizes the days closed at NOW: a range ending at NOW reads both kinds of day.
+    # And finalizes the days closed at NOW, with their month spans: a range ending at NOW
+    # reads both kinds of day.
+    client.command(spans.build_sql(1, before=day_totals.closed_before(NOW)))
     client.command(day_totals.finalize_sql(1, before=day_totals.closed_before(NOW)))
     if sessions is not None:
         for offset, batch in enumerate(session_insert_batches(sessions)):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.query import plan_query, sql
-from engine.query.dates import COARSE_DAY_LEVELS, DateRange
+from engine.query.dates import COARSE_DAY_LEVELS, month_span_cover
 from engine.query.planner import CANDIDATES, SKETCH_SLACK, _closed_day_cover
 from tests.query_helpers import inlined
 
@@ -284,8 +283,16 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
     assert "(quarter >= '2026-01-01' AND quarter < '2026-10-01')" in sql
     assert "(month >= '2025-12-01' AND month < '2026-01-01')" in sql
     assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
-    assert "(week >= '2026-11-02' AND week < '2026-11-23')" in sql
-    assert "(day >= '2025-11-27' AND day < '2025-12-01')" in sql
+    # The ends are month spans (the days closed at `after`: before 2026-11-26), each read
+    # only when the writer has built it, else its weeks and days.
+    suffix = "kind = 1 AND day = '2025-11-27' AND is_deleted = 0"
+    prefix = "kind = 0 AND day = '2026-11-25' AND is_deleted = 0"
+    built = "(SELECT count() FROM rollup_span FINAL WHERE site = 'example.com' AND dim = ''"
+    for span in (suffix, prefix):
+        assert f"dim = 'visit:source' AND {span} AND {built} AND {span}) > 0" in sql
+    assert f"(week >= '2026-11-02' AND week < '2026-11-23' AND NOT ({built} AND {prefix}" in sql
+    assert f"(day >= '2025-11-27' AND day < '2025-12-01' AND NOT ({built} AND {suffix}" in sql
+    assert "(day >= '2026-11-26' AND day < '2026-11-27'))" in sql  # not closed: days
     # Buckets of days read days; weeks may straddle months; a short range reads days.
     assert "rollup_week" not in plan(date_range="30d", dimensions=["time:day"]).statements[0].sql
     by_month = plan(date_range="12mo", dimensions=["time:month"]).statements[0].sql
@@ -298,24 +305,26 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
 def test_coarse_levels_serve_only_spans_that_ended_before_today() -> None:
     """The writer feeds week, month and quarter levels every few seconds: live hits land on
     today, so a span holding today reads days, even when its week or month is whole."""
-    sunday = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-    sql = inlined(plan(now=sunday, date_range=["2026-10-01", "2026-11-29"]).statements[0])
-    assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
-    assert "(week >= '2026-11-02' AND week < '2026-11-23')" in sql
-    assert "(day >= '2026-11-23' AND day < '2026-11-30')" in sql
-    # A week later, that week is closed and its level serves it.
-    later = inlined(
-        plan(now=sunday + timedelta(days=1), date_range=["2026-10-01", "2026-11-29"]).statements[0]
+    first, end = date(2026, 10, 1), date(2026, 11, 30)
+    sunday = date(2026, 11, 29)
+    assert _closed_day_cover(first, end, sunday, COARSE_DAY_LEVELS) == [
+        ("month", date(2026, 10, 1), date(2026, 11, 1)),
+        ("day", date(2026, 11, 1), date(2026, 11, 2)),
+        ("week", date(2026, 11, 2), date(2026, 11, 23)),
+        ("day", date(2026, 11, 23), date(2026, 11, 30)),
+    ]
+    # A day later, that week is closed and its level serves it.
+    monday = sunday + timedelta(days=1)
+    assert ("week", date(2026, 11, 2), date(2026, 11, 30)) in _closed_day_cover(
+        first, end, monday, COARSE_DAY_LEVELS
     )
-    assert "(week >= '2026-11-02' AND week < '2026-11-30')" in later
-    # In the site's zone: 23:30 UTC on Sunday is Monday in Berlin, so Sunday has ended there.
-    late = sunday.replace(hour=23, minute=30)
-    berlin = inlined(
-        plan(tz="Europe/Berlin", now=late, date_range=["2026-10-01", "2026-11-29"]).statements[0]
-    )
+    # Today is the site's: 23:30 UTC on Sunday is Monday in Berlin, so Sunday has ended there.
+    late = datetime(2026, 11, 29, 23, 30, tzinfo=UTC)
+    weeks = {"date_range": ["2026-11-02", "2026-11-29"], "dimensions": ["time:week"]}
+    berlin = inlined(plan(tz="Europe/Berlin", now=late, **weeks).statements[0])
     assert "(week >= '2026-11-02' AND week < '2026-11-30')" in berlin
     assert "(week >= '2026-11-02' AND week < '2026-11-23')" in inlined(
-        plan(now=late, date_range=["2026-10-01", "2026-11-29"]).statements[0]
+        plan(now=late, **weeks).statements[0]
     )
 
 
@@ -326,13 +335,42 @@ def test_coarse_levels_serve_only_spans_that_ended_before_today() -> None:
 )
 def test_closed_day_cover_partitions_the_range(first: date, days: int, today_offset: int) -> None:
     today = first + timedelta(days=today_offset)
-    start = datetime.combine(first, time(), UTC)
-    dr = DateRange(start, start + timedelta(days=days), "custom", ZoneInfo("UTC"), days)
-    spans = _closed_day_cover(dr, today, COARSE_DAY_LEVELS)
+    spans = _closed_day_cover(first, first + timedelta(days=days), today, COARSE_DAY_LEVELS)
     covered = [a + timedelta(days=i) for _, a, b in spans for i in range((b - a).days)]
     assert covered == [first + timedelta(days=i) for i in range(days)]  # each date once, in order
     assert all(b <= today for level, _, b in spans if level != "day")
     assert all(a[0] != "day" or b[0] != "day" for a, b in pairwise(spans))
+
+
+@given(
+    first=st.dates(date(2024, 1, 1), date(2027, 12, 31)),
+    days=st.integers(1, 800),
+    closed_offset=st.integers(-50, 850),
+)
+def test_month_span_cover_partitions_the_range_into_closed_month_spans(
+    first: date, days: int, closed_offset: int
+) -> None:
+    end = first + timedelta(days=days)
+    closed = first + timedelta(days=closed_offset)
+    pieces = month_span_cover(first, end, closed)
+    covered = [a + timedelta(days=i) for _, a, b in pieces for i in range((b - a).days)]
+    assert covered in ([], [first + timedelta(days=i) for i in range(days)])
+    for kind, a, b in pieces:
+        last = b - timedelta(days=1)
+        if kind is None:
+            continue
+        # A span is a stretch of one month, of closed days, worth it (two days or more), not
+        # the whole month (the month level's row), and starts or ends at its month's edge.
+        assert a.replace(day=1) == last.replace(day=1) and b <= closed and b - a >= timedelta(2)
+        assert not (a.day == 1 and b.day == 1)
+        if kind == "prefix":
+            assert a.day == 1
+        else:
+            assert b.day == 1
+    # Used whenever the range reaches over a month's edge into closed days of two months.
+    starts = [first + timedelta(days=i) for i in range(1, days) if (first + timedelta(i)).day == 1]
+    if starts and (starts[0] - first).days >= 2 and first.day != 1 and starts[0] <= closed:
+        assert pieces
 
 
 def test_ranking_by_visitors_merges_the_sketches_of_the_top_candidates_only() -> None:

@@ -18,11 +18,11 @@ from engine.store.schema import ROLLUP_LEVELS, SHARDING_KEYS, cluster_client_set
 # columns (rollup_log arrays, quantileDD states in the levels, and their ADD COLUMN upgrades);
 # issue 5 added the session_hour rollup, then the week and month levels and small granules for
 # the day and coarser levels (an existing rollup_day is rebuilt with them: Store.migrate), then
-# the quarter level, then day_totals.
+# the quarter level, then day_totals, then rollup_span.
 SINGLE_NODE_SHA256 = {
-    90: "10e724ecd7a0d032f1dc560cd06d4001a1578e83820155eef8db4166e915a7d5",
-    1: "de9a8f2ce3faeb2b5f9e698cc1ed65d9577e2f5ffd6b016677feeb47d3f46dca",
-    400: "78e0b39a4be07d88c3f27bc2cf47367c03b9579bd3859a3c02af1bb1420816f1",
+    90: "a24ca3ad9d356a99182a452952df42a6109d101eeb109d81c5bf600d2ae949fb",
+    1: "525ff842f47897c427777daab44414bdb1c850735444d1d8ee787207b9088f10",
+    400: "88aac9031f20aef4f50a2f8e7a5f7d9ad580f092f22630b39ec5feb984a6f346",
 }
 TABLES = (
     "events",
@@ -36,6 +36,7 @@ TABLES = (
     "rollup_quarter",
     "session_hour",
     "day_totals",
+    "rollup_span",
 )
 
 

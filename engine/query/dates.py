@@ -321,3 +321,37 @@ def _whole_buckets(level: DayLevel, a: date, b: date) -> tuple[date, date]:
     end_month = b.replace(day=1)
     hi = _add_months(end_month, -((end_month.month - 1) % months))  # back to a boundary
     return lo, hi
+
+
+MonthSpan: TypeAlias = Literal["prefix", "suffix"]
+_DAY: Final[timedelta] = timedelta(days=1)
+
+
+def month_span_cover(
+    first: date, end: date, closed: date
+) -> list[tuple[MonthSpan | None, date, date]]:
+    """[first, end) of local dates as pieces in date order, using rollup_span's month spans of
+    the days before `closed` (engine/store/spans.py) where one replaces two days or more: a
+    suffix (from `first` to its month's end), a prefix (from the 1st of the last closed month
+    in the range), and the stretches between (kind None) for the other levels. Empty when no
+    span applies. A whole month is left to the month level."""
+    pieces: list[tuple[MonthSpan | None, date, date]] = []
+    cursor = first
+    next_month = _add_months(first.replace(day=1), 1)
+    if first.day != 1 and next_month <= min(end, closed) and next_month - first >= 2 * _DAY:
+        pieces.append(("suffix", first, next_month))
+        cursor = next_month
+    closed_end = min(end, closed)
+    if closed_end > cursor:
+        month = (closed_end - _DAY).replace(day=1)
+        whole = closed_end == _add_months(month, 1)
+        if month >= cursor and closed_end - month >= 2 * _DAY and not whole:
+            if cursor < month:
+                pieces.append((None, cursor, month))
+            pieces.append(("prefix", month, closed_end))
+            cursor = closed_end
+    if not pieces:
+        return []
+    if cursor < end:
+        pieces.append((None, cursor, end))
+    return pieces

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 from engine.dimensions import (
@@ -59,10 +59,12 @@ from engine.query.dates import (
     DateRange,
     DayLevel,
     Granularity,
+    MonthSpan,
     day_cover,
     granularity,
     is_aligned,
     is_day_boundary,
+    month_span_cover,
     offsets_are_multiples,
     resolve_date_range,
     time_labels,
@@ -84,6 +86,8 @@ from engine.query.model import (
 )
 from engine.query.render import render
 from engine.query.sql import Params, Statement
+from engine.store import spans
+from engine.store.day_totals import closed_before
 from engine.store.schema import (
     LEVEL_COLUMNS,
     ROLLUP_LEVELS,
@@ -273,8 +277,7 @@ def plan_query(
         )
     else:
         event_table = table.removesuffix(MIXED_SUFFIX)
-        today = now.astimezone(tz).date()
-        select = _event_select(query, dr, gran, event_table, today)
+        select = _event_select(query, dr, gran, event_table, now)
         wanted = set(event_metrics) | ({"visitors"} if "percentage" in event_metrics else set())
         columns = tuple(m for m in (*BASE_METRICS, *VITAL_METRICS) if m in wanted)
         main_index = len(statements)
@@ -546,8 +549,9 @@ class _Select:
 
 
 def _event_select(
-    query: Query, dr: DateRange, gran: Granularity | None, table: str, today: date
+    query: Query, dr: DateRange, gran: Granularity | None, table: str, now: datetime
 ) -> _Select:
+    today = now.astimezone(dr.tz).date()
     params = Params()
     conds = [f"site = {params.string(query.site_id)}"]
     column_of: ColumnOf
@@ -592,9 +596,15 @@ def _event_select(
             bound = "sum(t_events)"
             having = f"{bound} > 0"
         elif table == "rollup_day":
-            spans = _closed_day_cover(dr, today, _COARSE_FOR.get(gran, ()))
-            if any(level != "day" for level, _, _ in spans):
-                source = _day_levels(spans, conds, params)
+            levels = _COARSE_FOR.get(gran, ())
+            first, end = dr.local_start_date, dr.local_end_date
+            pieces = month_span_cover(first, end, closed_before(now)) if gran is None else []
+            spans = _closed_day_cover(first, end, today, levels)
+            if pieces:
+                guarded = _guarded(pieces, today, levels, query.site_id, params)
+                source = _day_levels(guarded, conds, params)
+            elif any(level != "day" for level, _, _ in spans):
+                source = _day_levels([(*span, None) for span in spans], conds, params)
             else:
                 conds.append(f"day >= {params.date(dr.local_start_date)}")
                 conds.append(f"day < {params.date(dr.local_end_date)}")
@@ -626,12 +636,11 @@ def _event_select(
 
 
 def _closed_day_cover(
-    dr: DateRange, today: date, levels: tuple[DayLevel, ...]
+    first: date, end: date, today: date, levels: tuple[DayLevel, ...]
 ) -> list[tuple[DayLevel, date, date]]:
-    """day_cover of the range, its coarse levels only for spans that ended before the site's
-    today: the store writer feeds those levels every few seconds rather than every batch, and
-    live hits only ever land on today."""
-    first, end = dr.local_start_date, dr.local_end_date
+    """day_cover of [first, end), its coarse levels only for spans that ended before the
+    site's today: the store writer feeds those levels every few seconds rather than every
+    batch, and live hits only ever land on today."""
     closed = min(max(first, today), end)
     spans = day_cover(first, closed, levels)
     if closed < end:
@@ -686,24 +695,69 @@ _ROLLUP_READ: Final[str] = ", ".join(
 )
 
 
-def _day_levels(spans: list[tuple[DayLevel, date, date]], conds: list[str], params: Params) -> str:
+# A piece of a day-resolution range: a level (or a month span, see engine/store/spans.py)
+# over [first, end), read only when the condition holds (None: always).
+_Piece = tuple[DayLevel | MonthSpan, date, date, str | None]
+
+
+def _guarded(
+    pieces: list[tuple[MonthSpan | None, date, date]],
+    today: date,
+    levels: tuple[DayLevel, ...],
+    site: str,
+    params: Params,
+) -> list[_Piece]:
+    """The pieces of month_span_cover as levels to read: each month span only when the writer
+    has it (its site's totals row), else the days it covers, from the other levels."""
+    out: list[_Piece] = []
+    for kind, first, end in pieces:
+        cover = _closed_day_cover(first, end, today, levels)
+        if kind is None:
+            out += [(*span, None) for span in cover]
+            continue
+        built = (
+            f"(SELECT count() FROM {spans.TABLE} FINAL WHERE site = {params.string(site)}"
+            f" AND dim = {params.string(TOTAL)} AND {_span_is(kind, first, end, params)}"
+            " AND is_deleted = 0) > 0"
+        )
+        out.append((kind, first, end, built))
+        out += [(*span, f"NOT ({built})") for span in cover]
+    return out
+
+
+def _span_is(kind: MonthSpan, first: date, end: date, params: Params) -> str:
+    if kind == "prefix":
+        return f"kind = {spans.PREFIX} AND day = {params.date(end - timedelta(days=1))}"
+    return f"kind = {spans.SUFFIX} AND day = {params.date(first)}"
+
+
+def _day_levels(pieces: list[_Piece], conds: list[str], params: Params) -> str:
     """The rows of rollup_day over local dates, reading whole quarters, months and weeks from
     their levels (each row's bucket start as `day`): one row per quarter, month or week instead
-    of one per day, the same sketches merged (a union of the same visitor sets)."""
+    of one per day, the same sketches merged (a union of the same visitor sets); and month
+    spans, one row for a stretch of a month (its last or first day as `day`)."""
     branches: list[str] = []
+    for kind, first, end, when in pieces:
+        if kind in ("prefix", "suffix"):
+            branches.append(
+                f"SELECT day, {_ROLLUP_READ} FROM {spans.TABLE} FINAL"
+                f" WHERE {' AND '.join(conds)} AND {_span_is(kind, first, end, params)}"
+                f" AND is_deleted = 0 AND {when}"
+            )
     for level in (*COARSE_DAY_LEVELS, "day"):
-        ranges = [(a, b) for kind, a, b in spans if kind == level]
-        if not ranges:
-            continue
         table = ROLLUP_LEVELS[level]
         col = LEVEL_COLUMNS[table]
-        when = " OR ".join(
-            f"({col} >= {params.date(a)} AND {col} < {params.date(b)})" for a, b in ranges
-        )
-        branches.append(
-            f"SELECT {col} AS day, {_ROLLUP_READ} FROM {table}"
-            f" WHERE {' AND '.join(conds)} AND ({when})"
-        )
+        ranges = [
+            f"({col} >= {params.date(a)} AND {col} < {params.date(b)}"
+            + (f" AND {when})" if when else ")")
+            for kind, a, b, when in pieces
+            if kind == level
+        ]
+        if ranges:
+            branches.append(
+                f"SELECT {col} AS day, {_ROLLUP_READ} FROM {table}"
+                f" WHERE {' AND '.join(conds)} AND ({' OR '.join(ranges)})"
+            )
     return "(" + " UNION ALL ".join(branches) + ")"
 
 

@@ -53,6 +53,7 @@ _WIDE_PARTS = "min_bytes_for_wide_part = 0, min_rows_for_wide_part = 1024"
 VITALS_SKETCH_PARAMS = "(0.005, 0.75)"  # relative accuracy, quantile
 _VITAL_LOG_TYPE = "Array(Float32) DEFAULT []"
 _VITAL_STATE_TYPE = f"AggregateFunction(quantileDD{VITALS_SKETCH_PARAMS}, Float64)"
+_SPAN_VITALS = ",\n            ".join(f"{v} {_VITAL_STATE_TYPE}" for v in VITALS)
 
 
 def ddl(events_retention_days: int = 90, cluster: str | None = None) -> list[str]:
@@ -227,6 +228,25 @@ def _single_node_ddl(events_retention_days: int) -> list[str]:
         ) ENGINE = ReplacingMergeTree(version, is_deleted)
         ORDER BY (site, day)
         """,
+        # Per site, dim and value, unions of rollup_day over the start or the end of a month
+        # (engine/store/spans.py): a range across months reads two or three sketches a value.
+        f"""
+        CREATE TABLE IF NOT EXISTS rollup_span (
+            site LowCardinality(String),
+            kind UInt8,
+            day Date,
+            dim LowCardinality(String),
+            value String,
+            pageviews SimpleAggregateFunction(sum, UInt64),
+            events SimpleAggregateFunction(sum, UInt64),
+            visitors AggregateFunction(uniqCombined64, UInt64),
+            {_SPAN_VITALS},
+            version UInt64,
+            is_deleted UInt8
+        ) ENGINE = ReplacingMergeTree(version, is_deleted)
+        ORDER BY (site, dim, kind, day, value)
+        SETTINGS index_granularity = {LEVEL_GRANULARITY}, {_WIDE_PARTS}
+        """,
         # Earlier schema versions fed the levels by materialized views; see derive_sql.
         "DROP VIEW IF EXISTS rollup_minute_mv",
         "DROP VIEW IF EXISTS rollup_hour_mv",
@@ -298,6 +318,7 @@ SHARDING_KEYS: dict[str, str] = {
     "rollup_quarter": "cityHash64(site, dim, value)",
     "session_hour": "cityHash64(site, dim, value)",
     "day_totals": "cityHash64(site, day)",
+    "rollup_span": "cityHash64(site, dim, value)",
 }
 
 _CREATE = re.compile(

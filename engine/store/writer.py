@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from config import Settings
 from engine.kafka import group_consumer
 from engine.rollup_rows import WorkerOutput, decode_output
-from engine.store import day_totals
+from engine.store import day_totals, spans
 from engine.store.client import Store
 from engine.store.schema import (
     COARSE_LEVELS,
@@ -107,8 +107,13 @@ class DayTotals:
 
     async def load(self) -> None:
         ((rows, newest, version),) = await self.store.query(day_totals.STATE_SQL)
+        ((span_rows, span_version),) = await self.store.query(spans.STATE_SQL)
         self.through = newest + timedelta(days=1) if rows else None
-        self.version = int(version)
+        self.version = max(int(version), int(span_version))
+        if self.through is not None and not span_rows:
+            # A store from before the spans: build them for the days finalized already.
+            log.info("building %s for the days before %s", spans.TABLE, self.through)
+            await self.store.command(spans.build_sql(self._next_version(), before=self.through))
         retracted = [(str(site), day) for site, day in await self.store.query(
             day_totals.RETRACTED_SQL
         )]  # fmt: skip
@@ -116,27 +121,40 @@ class DayTotals:
             await self.refinalize(retracted)
 
     async def close_days(self) -> None:
-        """Finalize the days that closed since the last call."""
+        """Finalize the days that closed since the last call, and their spans."""
         before = day_totals.closed_before(self.now())
         if self.through is not None and before <= self.through:
             return
-        sql = day_totals.finalize_sql(self._next_version(), since=self.through, before=before)
-        await self.store.command(sql)
+        version = self._next_version()
+        await self.store.command(spans.build_sql(version, since=self.through, before=before))
+        await self.store.command(
+            day_totals.finalize_sql(version, since=self.through, before=before)
+        )
         self.through = before
 
     async def retract_touched(self, ranges: dict[int, tuple[int, int]]) -> list[tuple[str, date]]:
-        """Before rollup_day takes these log ranges: retract the finalized days they add to."""
+        """Before rollup_day takes these log ranges: retract the finalized days they add to,
+        then their months' spans (in this order: a crash in between leaves a retracted day,
+        which `load` finalizes again, with its spans)."""
         if self.through is None:
             return []
         rows = await self.store.query(day_totals.touched_sql(ranges, self.through))
         pairs = [(str(site), day) for site, day in rows]
         if pairs:
-            await self.store.command(day_totals.retract_sql(pairs, self._next_version()))
+            version = self._next_version()
+            await self.store.command(day_totals.retract_sql(pairs, version))
+            await self.store.command(spans.retract_sql(spans.months_of(pairs), version))
         return pairs
 
     async def refinalize(self, pairs: list[tuple[str, date]]) -> None:
+        """Finalize retracted days again: their spans first, the days last (see above)."""
+        assert self.through is not None
+        version = self._next_version()
+        await self.store.command(
+            spans.build_sql(version, before=self.through, site_months=spans.months_of(pairs))
+        )
         sites, days = {s for s, _ in pairs}, {d for _, d in pairs}
-        sql = day_totals.finalize_sql(self._next_version(), sites=sites, days=days)
+        sql = day_totals.finalize_sql(version, sites=sites, days=days)
         await self.store.command(sql)
 
 
@@ -405,8 +423,18 @@ class StoreWriter:
         return 0
 
 
-def rebuild_derived(store: Store) -> None:
+def rebuild_derived(store: Store, now: datetime | None = None) -> None:
     """What the writer's start-up catch-up would derive, for a store built in bulk (the
-    benchmarks): session_hour from `sessions`."""
+    benchmarks): session_hour from `sessions`, then the closed days and their spans."""
     store.command_sync(f"TRUNCATE TABLE {SESSION_ROLLUP}")
     store.command_sync(rebuild_session_rollup_sql())
+    finalize_closed_days(store, now or datetime.now(UTC))
+
+
+def finalize_closed_days(store: Store, now: datetime) -> None:
+    """Finalize every closed day of a store built in bulk, and its spans, from scratch."""
+    before = day_totals.closed_before(now)
+    for table in (day_totals.TABLE, spans.TABLE):
+        store.command_sync(f"TRUNCATE TABLE {table}")
+    store.command_sync(spans.build_sql(1, before=before))
+    store.command_sync(day_totals.finalize_sql(1, before=before))

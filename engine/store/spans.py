@@ -1,0 +1,110 @@
+"""Month spans: per site, dim and value, one row covering a stretch of a calendar month.
+
+A 30-day ranking by visitors merged the unique-count sketches of every row that covers the
+range: with days, weeks and months that was about 12 sketches per value (a few days, three
+weeks, a few more days), and merging full-precision sketches is most of such a query's time.
+`rollup_span` holds, for each closed local day d, two unions of rollup_day rows:
+
+- prefix (kind 0): the days from the first of d's month to d, once d is closed;
+- suffix (kind 1): the days from d to the last of d's month, once that whole month is closed.
+
+So any range crossing a month boundary is the first month's suffix, whole months, and the last
+month's prefix (plus the days not closed yet): two or three sketches per value.
+
+The rule that keeps it exact, as for day_totals (engine/store/day_totals.py), whose closing
+rule, retraction and recovery this table follows: a row that is not deleted equals the merge of
+rollup_day's rows of its days. Before rollup_day takes data for a closed day, the writer
+retracts the spans of that site and month (a newer version with is_deleted), and builds them
+again after; the planner reads a span only when its site's totals row for it is present, and
+the days themselves otherwise (engine/query/planner.py).
+
+SQL text only, no I/O: the writer runs it (engine/store/writer.py).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Final
+
+from engine.hits import VITALS
+from engine.store.schema import VITALS_SKETCH_PARAMS, quote
+
+TABLE: Final[str] = "rollup_span"
+PREFIX: Final[int] = 0
+SUFFIX: Final[int] = 1
+_ONE_BLOCK = 1 << 50  # one part per statement: a build or a retraction is atomic
+
+# Each rollup_day row, the (kind, span day) pairs whose span contains its day.
+_TARGETS = """arrayConcat(
+    arrayMap(i -> (toUInt8(0), day + i),
+             range(toUInt32(dateDiff('day', day, toLastDayOfMonth(day)) + 1))),
+    arrayMap(i -> (toUInt8(1), toStartOfMonth(day) + i),
+             range(toUInt32(dateDiff('day', toStartOfMonth(day), day) + 1))))"""
+
+
+def build_sql(
+    version: int,
+    *,
+    before: date,
+    since: date | None = None,
+    site_months: set[tuple[str, date]] | None = None,
+) -> str:
+    """Build the spans that lie in days before `before` (the closed ones): with `since`, only
+    the prefixes of days from `since` and the suffixes of months ending from `since` (what
+    closed since the last call); with `site_months`, every span of those sites' months (first
+    of month). Rows already there are replaced (a newer version)."""
+    p = VITALS_SKETCH_PARAMS
+    vitals = "".join(f", quantileDDMergeState{p}({v})" for v in VITALS)
+    rows = [f"day < {quote(before.isoformat())}"]
+    spans = [
+        f"(t.1 = 0 AND t.2 < {quote(before.isoformat())}"
+        f" OR t.1 = 1 AND toLastDayOfMonth(t.2) < {quote(before.isoformat())})"
+    ]
+    if since is not None:
+        rows.append(f"day >= {quote(since.replace(day=1).isoformat())}")
+        spans.append(
+            f"(t.1 = 0 AND t.2 >= {quote(since.isoformat())}"
+            f" OR t.1 = 1 AND toLastDayOfMonth(t.2) >= {quote(since.isoformat())})"
+        )
+    if site_months is not None:
+        rows.append(f"(site, toStartOfMonth(day)) IN ({_pairs(site_months)})")
+    return f"""
+        INSERT INTO {TABLE}
+            (site, kind, day, dim, value, pageviews, events, visitors, {", ".join(VITALS)},
+             version, is_deleted)
+        SELECT site, t.1 AS span_kind, t.2 AS span_day, dim, value, sum(pageviews), sum(events),
+               uniqCombined64MergeState(visitors){vitals}, {int(version)}, 0
+        FROM rollup_day ARRAY JOIN {_TARGETS} AS t
+        WHERE {" AND ".join(rows)} AND {" AND ".join(spans)}
+        GROUP BY site, span_kind, span_day, dim, value
+        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
+                 min_insert_block_size_bytes = {_ONE_BLOCK}
+    """
+
+
+def retract_sql(site_months: set[tuple[str, date]], version: int) -> str:
+    """Retract every span of these sites' months (first of month): a newer version, deleted."""
+    return f"""
+        INSERT INTO {TABLE} (site, kind, day, dim, value, version, is_deleted)
+        SELECT DISTINCT site, kind, day, dim, value, {int(version)}, 1
+        FROM {TABLE}
+        WHERE (site, toStartOfMonth(day)) IN ({_pairs(site_months)})
+        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
+                 min_insert_block_size_bytes = {_ONE_BLOCK}
+    """
+
+
+def months_of(pairs: list[tuple[str, date]]) -> set[tuple[str, date]]:
+    """The (site, first of month) of (site, day) pairs."""
+    return {(site, day.replace(day=1)) for site, day in pairs}
+
+
+# Rows and the newest version (versions continue day_totals' sequence).
+STATE_SQL: Final[str] = f"SELECT count(), max(version) FROM {TABLE}"
+
+
+def _pairs(site_months: set[tuple[str, date]]) -> str:
+    return ", ".join(
+        f"({quote(site)}, toDate({quote(month.isoformat())}))"
+        for site, month in sorted(site_months)
+    )
