@@ -285,13 +285,19 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
     assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
     # The ends are month spans (the days closed at `after`: before 2026-11-26), each read
     # only when the writer has built it, else its weeks and days.
-    suffix = "kind = 1 AND day = '2025-11-27' AND is_deleted = 0"
-    prefix = "kind = 0 AND day = '2026-11-25' AND is_deleted = 0"
-    built = "(SELECT count() FROM rollup_span FINAL WHERE site = 'example.com' AND dim = ''"
-    for span in (suffix, prefix):
-        assert f"dim = 'visit:source' AND {span} AND {built} AND {span}) > 0" in sql
-    assert f"(week >= '2026-11-02' AND week < '2026-11-23' AND NOT ({built} AND {prefix}" in sql
-    assert f"(day >= '2025-11-27' AND day < '2025-12-01' AND NOT ({built} AND {suffix}" in sql
+    built = (
+        "has((SELECT groupArray((kind, day)) FROM rollup_span FINAL WHERE site = 'example.com'"
+        " AND dim = '' AND is_deleted = 0 AND ((kind = 1 AND day = '2025-11-27')"
+        " OR (kind = 0 AND day = '2026-11-25'))), "
+    )
+    suffix, prefix = "(toUInt8(1), toDate('2025-11-27')))", "(toUInt8(0), toDate('2026-11-25')))"
+    for span, key in (
+        (suffix, "kind = 1 AND day = '2025-11-27'"),
+        (prefix, "kind = 0 AND day = '2026-11-25'"),
+    ):
+        assert f"dim = 'visit:source' AND {key} AND is_deleted = 0 AND {built}{span}" in sql
+    assert f"(week >= '2026-11-02' AND week < '2026-11-23' AND NOT {built}{prefix})" in sql
+    assert f"(day >= '2025-11-27' AND day < '2025-12-01' AND NOT {built}{suffix})" in sql
     assert "(day >= '2026-11-26' AND day < '2026-11-27'))" in sql  # not closed: days
     # Buckets of days read days; weeks may straddle months; a short range reads days.
     assert "rollup_week" not in plan(date_range="30d", dimensions=["time:day"]).statements[0].sql

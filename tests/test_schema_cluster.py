@@ -20,9 +20,9 @@ from engine.store.schema import ROLLUP_LEVELS, SHARDING_KEYS, cluster_client_set
 # the day and coarser levels (an existing rollup_day is rebuilt with them: Store.migrate), then
 # the quarter level, then day_totals, then rollup_span.
 SINGLE_NODE_SHA256 = {
-    90: "a24ca3ad9d356a99182a452952df42a6109d101eeb109d81c5bf600d2ae949fb",
-    1: "525ff842f47897c427777daab44414bdb1c850735444d1d8ee787207b9088f10",
-    400: "88aac9031f20aef4f50a2f8e7a5f7d9ad580f092f22630b39ec5feb984a6f346",
+    90: "216016e2ec1b766b2075930ce88702753cc0386380be8ce242fced797ccc6ce6",
+    1: "61f60c0d16b851a3127d1aff2be063d4d31680b4156143b788069bc6a988b136",
+    400: "a4d5c11affbbf70848e0eda4f4a401e51e688c8b749b96afff92ab4c002f0650",
 }
 TABLES = (
     "events",

@@ -428,6 +428,7 @@ class _Select:
         having: str | None = None,
         bound: str | None = None,
         tight: bool = False,
+        keyed: str | None = None,
     ) -> None:
         self.query = query
         self.params = params  # of every placeholder in the pieces below
@@ -444,6 +445,10 @@ class _Select:
         # The bound is close to the visitors (an event dimension: a visitor's events under one
         # value are few), worth ranking by before merging sketches (by_visitors_narrowed).
         self.tight = tight
+        # The sort-key column the single label is made of ("value" of a rollup): a condition
+        # on it lets ClickHouse read only the granules of the groups kept (the label, which maps
+        # '' to a name, hides the column from the index).
+        self.keyed = keyed
 
     def _group_by(self) -> str:
         if not self.labels:
@@ -526,11 +531,13 @@ class _Select:
             f" ORDER BY u DESC, d0 ASC LIMIT {taken + 1}))"
         )
         parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
+        kept = f"arrayMap(r -> r.1, arraySlice(ranked, 1, {taken}))"
+        keyed = f" AND (has({kept}, {self.keyed}) OR {self.keyed} = '')" if self.keyed else ""
         return self.params.statement(
             f"WITH {ranked} AS ranked"
             f" SELECT {', '.join(parts)}, ranked[{taken + 1}].2 AS bound_outside"
             f" FROM {self.source} WHERE {self.where}"
-            f" AND has(arrayMap(r -> r.1, arraySlice(ranked, 1, {taken})), {label})"
+            f" AND has({kept}, {label}){keyed}"
             f"{self._group_by()} {self._order_by(order, self.order_expression)}"
             f" LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
         )
@@ -632,6 +639,7 @@ def _event_select(
         having,
         bound,
         tight,
+        keyed=None if table == "events" else "value",
     )
 
 
@@ -708,27 +716,43 @@ def _guarded(
     params: Params,
 ) -> list[_Piece]:
     """The pieces of month_span_cover as levels to read: each month span only when the writer
-    has it (its site's totals row), else the days it covers, from the other levels."""
+    has built it (its site's totals row is there), else the days it covers, from the other
+    levels. One scalar subquery lists the spans built (ClickHouse evaluates it once)."""
+    wanted = [(kind, first, end) for kind, first, end in pieces if kind is not None]
+    keys = " OR ".join(f"({_span_is(kind, a, b, params)})" for kind, a, b in wanted)
+    built = (
+        f"(SELECT groupArray((kind, day)) FROM {spans.TABLE} FINAL"
+        f" WHERE site = {params.string(site)} AND dim = {params.string(TOTAL)}"
+        f" AND is_deleted = 0 AND ({keys}))"
+    )
     out: list[_Piece] = []
     for kind, first, end in pieces:
         cover = _closed_day_cover(first, end, today, levels)
         if kind is None:
             out += [(*span, None) for span in cover]
             continue
-        built = (
-            f"(SELECT count() FROM {spans.TABLE} FINAL WHERE site = {params.string(site)}"
-            f" AND dim = {params.string(TOTAL)} AND {_span_is(kind, first, end, params)}"
-            " AND is_deleted = 0) > 0"
-        )
-        out.append((kind, first, end, built))
-        out += [(*span, f"NOT ({built})") for span in cover]
+        is_built = f"has({built}, {_span_key(kind, first, end, params)})"
+        out.append((kind, first, end, is_built))
+        out += [(*span, f"NOT {is_built}") for span in cover]
     return out
 
 
+def _span_day(kind: MonthSpan, first: date, end: date) -> date:
+    """The day a span's row carries: a prefix's last day, a suffix's first."""
+    return end - timedelta(days=1) if kind == "prefix" else first
+
+
+def _span_kind(kind: MonthSpan) -> int:
+    return spans.PREFIX if kind == "prefix" else spans.SUFFIX
+
+
 def _span_is(kind: MonthSpan, first: date, end: date, params: Params) -> str:
-    if kind == "prefix":
-        return f"kind = {spans.PREFIX} AND day = {params.date(end - timedelta(days=1))}"
-    return f"kind = {spans.SUFFIX} AND day = {params.date(first)}"
+    day = params.date(_span_day(kind, first, end))
+    return f"kind = {_span_kind(kind)} AND day = {day}"
+
+
+def _span_key(kind: MonthSpan, first: date, end: date, params: Params) -> str:
+    return f"(toUInt8({_span_kind(kind)}), toDate({params.date(_span_day(kind, first, end))}))"
 
 
 def _day_levels(pieces: list[_Piece], conds: list[str], params: Params) -> str:
