@@ -279,6 +279,7 @@ def running_api(data_dir: Path, retention_days: int) -> Any:
             time.sleep(0.5)
         else:
             raise RuntimeError("rollup api did not become healthy")
+        _wait_for_writer(url)
         yield url, key
     finally:
         if proc is not None:
@@ -288,6 +289,17 @@ def running_api(data_dir: Path, retention_days: int) -> Any:
             except subprocess.TimeoutExpired:
                 proc.kill()
         stack.stop()
+
+
+def _wait_for_writer(url: str, timeout: float = 60.0) -> None:
+    """Until the API's store writer has its partitions and has reloaded what the store holds
+    (a few scans of the levels, on every rebalance): steady state, not its start-up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "rollup_store_applied_offset{" in httpx.get(f"{url}/metrics", timeout=5).text:
+            return
+        time.sleep(0.5)
+    print("the store writer did not report its partitions; measuring anyway")
 
 
 def ask(
