@@ -429,6 +429,7 @@ class _Select:
         bound: str | None = None,
         tight: bool = False,
         keyed: str | None = None,
+        scalars: tuple[str, ...] = (),
     ) -> None:
         self.query = query
         self.params = params  # of every placeholder in the pieces below
@@ -449,6 +450,13 @@ class _Select:
         # on it lets ClickHouse read only the granules of the groups kept (the label, which maps
         # '' to a name, hides the column from the index).
         self.keyed = keyed
+        # `<scalar subquery> AS <name>` that the source refers to by name: in the statement's
+        # WITH, evaluated once (ClickHouse passes WITH names down to subqueries and unions).
+        self.scalars = scalars
+
+    def _statement(self, sql: str, *scalars: str) -> Statement:
+        names = (*self.scalars, *scalars)
+        return self.params.statement(f"WITH {', '.join(names)} {sql}" if names else sql)
 
     def _group_by(self) -> str:
         if not self.labels:
@@ -471,9 +479,9 @@ class _Select:
                 where = f"{where} AND {narrowed}"
         stmt = f"SELECT {', '.join(parts)} FROM {self.source} WHERE {where}{self._group_by()}"
         if not self.labels or not paginate:
-            return self.params.statement(stmt)
+            return self._statement(stmt)
         order_by = self._order_by(order, self.order_expression)
-        return self.params.statement(
+        return self._statement(
             f"{stmt} {order_by} LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
         )
 
@@ -533,17 +541,17 @@ class _Select:
         parts = self._dims_select() + [f"{self.aggregates[m]} AS m_{m}" for m in columns]
         kept = f"arrayMap(r -> r.1, arraySlice(ranked, 1, {taken}))"
         keyed = f" AND (has({kept}, {self.keyed}) OR {self.keyed} = '')" if self.keyed else ""
-        return self.params.statement(
-            f"WITH {ranked} AS ranked"
-            f" SELECT {', '.join(parts)}, ranked[{taken + 1}].2 AS bound_outside"
+        return self._statement(
+            f"SELECT {', '.join(parts)}, ranked[{taken + 1}].2 AS bound_outside"
             f" FROM {self.source} WHERE {self.where}"
             f" AND has({kept}, {label}){keyed}"
             f"{self._group_by()} {self._order_by(order, self.order_expression)}"
-            f" LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}"
+            f" LIMIT {int(self.query.limit)} OFFSET {int(self.query.offset)}",
+            f"{ranked} AS ranked",
         )
 
     def aggregate_only(self, metric: str) -> Statement:
-        return self.params.statement(
+        return self._statement(
             f"SELECT {self.aggregates[metric]} FROM {self.source} WHERE {self.where}"
         )
 
@@ -552,7 +560,7 @@ class _Select:
             f"SELECT {', '.join(self._dims_select())} FROM {self.source} "
             f"WHERE {self.where}{self._group_by()}"
         )
-        return self.params.statement(f"SELECT count() FROM ({inner})")
+        return self._statement(f"SELECT count() FROM ({inner})")
 
 
 def _event_select(
@@ -564,6 +572,7 @@ def _event_select(
     column_of: ColumnOf
     having: str | None = None
     bound: str | None = None
+    scalars: tuple[str, ...] = ()  # see _Select.scalars
     dim = TOTAL
     source = table
     aggregates: dict[str, str]
@@ -608,8 +617,9 @@ def _event_select(
             pieces = month_span_cover(first, end, closed_before(now)) if gran is None else []
             spans = _closed_day_cover(first, end, today, levels)
             if pieces:
-                guarded = _guarded(pieces, today, levels, query.site_id, params)
+                guarded, built = _guarded(pieces, today, levels, query.site_id, params)
                 source = _day_levels(guarded, conds, params)
+                scalars = (built,)
             elif any(level != "day" for level, _, _ in spans):
                 source = _day_levels([(*span, None) for span in spans], conds, params)
             else:
@@ -640,6 +650,7 @@ def _event_select(
         bound,
         tight,
         keyed=None if table == "events" else "value",
+        scalars=scalars,
     )
 
 
@@ -714,16 +725,16 @@ def _guarded(
     levels: tuple[DayLevel, ...],
     site: str,
     params: Params,
-) -> list[_Piece]:
+) -> tuple[list[_Piece], str]:
     """The pieces of month_span_cover as levels to read: each month span only when the writer
     has built it (its site's totals row is there), else the days it covers, from the other
-    levels. One scalar subquery lists the spans built (ClickHouse evaluates it once)."""
+    levels; and the scalar subquery listing the spans built, for the statement's WITH."""
     wanted = [(kind, first, end) for kind, first, end in pieces if kind is not None]
     keys = " OR ".join(f"({_span_is(kind, a, b, params)})" for kind, a, b in wanted)
     built = (
         f"(SELECT groupArray((kind, day)) FROM {spans.TABLE} FINAL"
         f" WHERE site = {params.string(site)} AND dim = {params.string(TOTAL)}"
-        f" AND is_deleted = 0 AND ({keys}))"
+        f" AND is_deleted = 0 AND ({keys})) AS {_SPANS_BUILT}"
     )
     out: list[_Piece] = []
     for kind, first, end in pieces:
@@ -731,10 +742,13 @@ def _guarded(
         if kind is None:
             out += [(*span, None) for span in cover]
             continue
-        is_built = f"has({built}, {_span_key(kind, first, end, params)})"
+        is_built = f"has({_SPANS_BUILT}, {_span_key(kind, first, end, params)})"
         out.append((kind, first, end, is_built))
         out += [(*span, f"NOT {is_built}") for span in cover]
-    return out
+    return out, built
+
+
+_SPANS_BUILT: Final[str] = "spans_built"
 
 
 def _span_day(kind: MonthSpan, first: date, end: date) -> date:
