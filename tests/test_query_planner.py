@@ -279,7 +279,8 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
     p = plan(now=after, date_range=["2025-11-27", "2026-11-26"], dimensions=["visit:source"])
     sql = inlined(p.statements[0])
     assert p.table == "rollup_day"  # the resolution: local days
-    assert "FROM rollup_month WHERE" in sql and "FROM rollup_week WHERE" in sql
+    # Its ends are month spans, so no week is read whole (see the spans below; weeks: below).
+    assert "FROM rollup_month WHERE" in sql and "FROM rollup_week" not in sql
     assert "(quarter >= '2026-01-01' AND quarter < '2026-10-01')" in sql
     assert "(month >= '2025-12-01' AND month < '2026-01-01')" in sql
     assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
@@ -299,7 +300,8 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
         f"AND is_deleted = 0 AND ((kind = 1 AND day = '2025-11-27' AND {built}{suffix})"
         f" OR (kind = 0 AND day = '2026-11-25' AND {built}{prefix}))"
     ) in sql
-    assert f"(week >= '2026-11-02' AND week < '2026-11-23' AND NOT {built}{prefix})" in sql
+    # A span not built yet is read by day (a rare case; the days share one branch).
+    assert f"(day >= '2026-11-01' AND day < '2026-11-26' AND NOT {built}{prefix})" in sql
     assert f"(day >= '2025-11-27' AND day < '2025-12-01' AND NOT {built}{suffix})" in sql
     assert "(day >= '2026-11-26' AND day < '2026-11-27'))" in sql  # not closed: days
     # Buckets of days read days; weeks may straddle months; a short range reads days.

@@ -727,8 +727,8 @@ def _guarded(
     params: Params,
 ) -> tuple[list[_Piece], str]:
     """The pieces of month_span_cover as levels to read: each month span only when the writer
-    has built it (its site's totals row is there), else the days it covers, from the other
-    levels; and the scalar subquery listing the spans built, for the statement's WITH."""
+    has built it (its site's totals row is there), else the days it covers; and the scalar
+    subquery listing the spans built, for the statement's WITH."""
     wanted = [(kind, first, end) for kind, first, end in pieces if kind is not None]
     keys = " OR ".join(f"({_span_is(kind, a, b, params)})" for kind, a, b in wanted)
     built = (
@@ -738,13 +738,14 @@ def _guarded(
     )
     out: list[_Piece] = []
     for kind, first, end in pieces:
-        cover = _closed_day_cover(first, end, today, levels)
         if kind is None:
-            out += [(*span, None) for span in cover]
+            out += [(*span, None) for span in _closed_day_cover(first, end, today, levels)]
             continue
         is_built = f"has({_SPANS_BUILT}, {_span_key(kind, first, end, params)})"
         out.append((kind, first, end, is_built))
-        out += [(*span, f"NOT {is_built}") for span in cover]
+        # By day, not by week: rarely read, and a branch of its own costs even when it reads
+        # nothing, while the days share the branch of the range's other days.
+        out.append(("day", first, end, f"NOT {is_built}"))
     return out, built
 
 
