@@ -112,6 +112,8 @@ def test_aggregate_reads_every_level(store: Store) -> None:
         ("30d", "time:week"),
         ("12mo", "time"),
         ("all", "time:month"),
+        ("30d", "time:month"),  # month spans at both ends, in their months' buckets
+        (["2026-08-17", "2026-11-09"], "time:month"),
         ("30m", "time"),
         ("realtime", "time:minute"),
         (["2026-10-24", "2026-10-26"], "time:hour"),  # Berlin's autumn change

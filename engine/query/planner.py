@@ -12,8 +12,8 @@ lies in exactly one of that dimension's rows) and the range and time buckets fit
 - rollup_day: start and end are local day boundaries; time buckets day, week or month. This is
   the day resolution: whole local quarters, months and weeks inside the range are read from
   rollup_quarter, rollup_month and rollup_week (when the time buckets allow), the rest from
-  rollup_day; without time buckets, the ends of a range across months are month spans
-  (rollup_span, engine/store/spans.py) when the writer has built them.
+  rollup_day; without time buckets or by month, the ends of a range across months are month
+  spans (rollup_span, engine/store/spans.py) when the writer has built them.
 - rollup_hour: start and end are whole UTC hours; no minute buckets; with time buckets, the
   site's UTC offset is a whole number of hours over the range (or local buckets would split
   a UTC hour).
@@ -615,7 +615,9 @@ def _event_select(
         elif table == "rollup_day":
             levels = _COARSE_FOR.get(gran, ())
             first, end = dr.local_start_date, dr.local_end_date
-            pieces = month_span_cover(first, end, closed_before(now)) if gran is None else []
+            # A span lies in one month: it fits monthly buckets too, but not weeks or days.
+            spanned = gran in (None, "month")
+            pieces = month_span_cover(first, end, closed_before(now)) if spanned else []
             cover = _closed_day_cover(first, end, today, levels)
             if pieces:
                 guarded, built = _guarded(pieces, today, levels, query.site_id, params)
