@@ -387,9 +387,14 @@ LEVEL_COLUMNS: dict[str, str] = {
 }
 
 
-# Squash the whole result into one block, hence one part: a part is the unit ClickHouse commits
-# atomically, so a crash can never leave a derive half-applied.
+# The SETTINGS of an INSERT ... SELECT that squash the whole result into one block, hence one
+# part: a part is the unit ClickHouse commits atomically, so a crash can never leave a derive
+# (or a span build, a retraction) half-applied.
 _ONE_BLOCK = 1 << 50
+ONE_PART_SELECT = (
+    f"SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},"
+    f" min_insert_block_size_bytes = {_ONE_BLOCK}"
+)
 
 
 def log_ranges_sql(ranges: dict[int, tuple[int, int]]) -> str:
@@ -424,8 +429,7 @@ def derive_sql(table: str, ranges: dict[int, tuple[int, int]] | None) -> str:
         FROM rollup_log
         WHERE {where}
         GROUP BY site, bucket, dim, value
-        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
-                 min_insert_block_size_bytes = {_ONE_BLOCK}
+        {ONE_PART_SELECT}
     """
 
 
@@ -445,8 +449,7 @@ def coarse_from_day_sql(table: str) -> str:
                uniqCombined64MergeState(visitors), src_partition, max(src_offset){vital_states}
         FROM rollup_day
         GROUP BY site, bucket, dim, value, src_partition
-        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
-                 min_insert_block_size_bytes = {_ONE_BLOCK}
+        {ONE_PART_SELECT}
     """
 
 
@@ -483,8 +486,7 @@ def rebuild_session_rollup_sql() -> str:
         SELECT '', toDateTime(0, 'UTC'), '', toString(src_partition), 0, 0, 0, 0, 0,
                src_partition, max(src_offset)
         FROM sessions GROUP BY src_partition
-        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
-                 min_insert_block_size_bytes = {_ONE_BLOCK}
+        {ONE_PART_SELECT}
     """
 
 

@@ -27,12 +27,11 @@ from datetime import date
 from typing import Final
 
 from engine.hits import VITALS
-from engine.store.schema import VITALS_SKETCH_PARAMS, quote
+from engine.store.schema import ONE_PART_SELECT, VITALS_SKETCH_PARAMS, quote
 
 TABLE: Final[str] = "rollup_span"
 PREFIX: Final[int] = 0
 SUFFIX: Final[int] = 1
-_ONE_BLOCK = 1 << 50  # one part per statement: a build or a retraction is atomic
 
 # Each rollup_day row, the (kind, span day) pairs whose span contains its day.
 _TARGETS = """arrayConcat(
@@ -77,8 +76,7 @@ def build_sql(
         FROM rollup_day ARRAY JOIN {_TARGETS} AS t
         WHERE {" AND ".join(rows)} AND {" AND ".join(spans)}
         GROUP BY site, span_kind, span_day, dim, value
-        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
-                 min_insert_block_size_bytes = {_ONE_BLOCK}
+        {ONE_PART_SELECT}
     """
 
 
@@ -89,8 +87,7 @@ def retract_sql(site_months: set[tuple[str, date]], version: int) -> str:
         SELECT DISTINCT site, kind, day, dim, value, {int(version)}, 1
         FROM {TABLE}
         WHERE (site, toStartOfMonth(day)) IN ({_pairs(site_months)})
-        SETTINGS max_insert_threads = 1, min_insert_block_size_rows = {_ONE_BLOCK},
-                 min_insert_block_size_bytes = {_ONE_BLOCK}
+        {ONE_PART_SELECT}
     """
 
 

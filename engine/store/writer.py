@@ -92,8 +92,9 @@ class Target:
 
 
 class DayTotals:
-    """The writer's side of day_totals (see engine/store/day_totals.py): finalize days as
-    they close, and retract then finalize again the closed days that a log stretch adds to."""
+    """The writer's side of day_totals (see engine/store/day_totals.py) and of the month spans
+    that follow its rules (engine/store/spans.py): finalize days as they close, and retract
+    then finalize again the closed days that a log stretch adds to."""
 
     def __init__(self, store: Store, now: Callable[[], datetime]) -> None:
         self.store = store
