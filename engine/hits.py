@@ -1,4 +1,4 @@
-"""The enriched hit: what ingest writes to the `hits` topic, one msgpack list per Kafka message.
+"""The enriched hit: what ingest writes to the `hits` topic, one MessagePack map per Kafka message.
 
 A hit carries no client address and no clear visitor identity: only the salted 64-bit hash.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict, cast
 
-import msgpack
+from engine import codec
 
 CODEC_VERSION = 1
 
@@ -45,11 +45,11 @@ VITALS: tuple[str, ...] = ("ttfb", "fcp", "lcp", "inp", "cls")
 
 
 def encode_hits(hits: list[Hit]) -> bytes:
-    return cast(bytes, msgpack.packb({"v": CODEC_VERSION, "hits": hits}, use_bin_type=True))
+    return codec.pack({"v": CODEC_VERSION, "hits": hits})
 
 
 def decode_hits(payload: bytes) -> list[Hit]:
-    body = msgpack.unpackb(payload, raw=False)
+    body = codec.unpack(payload)
     if not isinstance(body, dict) or body.get("v") != CODEC_VERSION:
         raise ValueError("not a hits message of codec version 1")
     return cast(list[Hit], body["hits"])

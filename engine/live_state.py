@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
+from engine import codec
 from engine.dimensions import SESSION_ONLY_EVENTS
 from engine.hits import Hit
 from engine.sketch import UniqueSketch
@@ -51,14 +50,14 @@ class MinuteState:
             "v": self.visitors.to_bytes(),
             "off": self.applied_offset,
         }
-        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        packed: bytes = codec.pack(body)
         return packed
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> MinuteState:
         if not data:
             return cls()
-        body = msgpack.unpackb(data, raw=False)
+        body = codec.unpack(data)
         return cls(
             pageviews=int(body["pv"]),
             pages=dict(body["pages"]),

@@ -16,9 +16,9 @@ from functools import lru_cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import msgpack
 import orjson
 
+from engine import codec
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
 from engine.event_rows import events_block
 from engine.hits import VITALS, Hit
@@ -207,11 +207,11 @@ def encode_output(output: WorkerOutput) -> bytes:
         "events": output.events,
         "sites": output.sites,
     }
-    return cast(bytes, msgpack.packb(body, use_bin_type=True))
+    return codec.pack(body)
 
 
 def decode_output(payload: bytes) -> WorkerOutput:
-    body = msgpack.unpackb(payload, raw=False)
+    body = codec.unpack(payload)
     if not isinstance(body, dict) or body.get("v") not in _READABLE_VERSIONS:
         raise ValueError(f"not a worker output message of codec version {_READABLE_VERSIONS}")
     src_partition, src_offset = (int(x) for x in body["src"])

@@ -32,8 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-import msgpack
-
+from engine import codec
 from engine.dimensions import SESSION_ONLY_EVENTS
 from engine.hits import Hit
 
@@ -422,7 +421,7 @@ def _rows_of(site: str, base: _Acc | None, events: list[SessionEvent]) -> dict[i
 
 def _fingerprint(row: SessionRow) -> int:
     """Stable across processes (unlike hash()), so a restored state diffs correctly."""
-    packed = msgpack.packb(
+    packed = codec.pack(
         (
             row.vid,
             row.start,
@@ -438,8 +437,7 @@ def _fingerprint(row: SessionRow) -> int:
             row.names,
             row.hostnames,
             row.props,
-        ),
-        use_bin_type=True,
+        )
     )
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "big")
 
@@ -710,11 +708,11 @@ class VisitorSessions:
             tombstones,
             [item for pair in self.emitted.items() for item in pair],
         ]
-        return cast(bytes, msgpack.packb(body, use_bin_type=True))
+        return codec.pack(body)
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> VisitorSessions:
-        body = msgpack.unpackb(payload, raw=False, use_list=True)
+        body = codec.unpack(payload)
         if not isinstance(body, list) or not body or body[0] != _CODEC_VERSION:
             raise ValueError("not a visitor sessions state of codec version 1")
         (

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+from engine import codec
 
 PRECISION = 14
 REGISTERS = 1 << PRECISION
@@ -75,12 +75,12 @@ class UniqueSketch:
 
     def to_bytes(self) -> bytes:
         body: Any = sorted(self.exact) if self.exact is not None else bytes(self.registers or b"")
-        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        packed: bytes = codec.pack(body)
         return packed
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UniqueSketch:
-        body = msgpack.unpackb(data, raw=False)
+        body = codec.unpack(data)
         if isinstance(body, bytes):
             return cls(exact=None, registers=bytearray(body))
         return cls(exact=set(body))

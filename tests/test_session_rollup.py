@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engine.query.cache import ResultCache
 from engine.query.sql import Statement
+from engine.store.schema import SESSION_ROLLUP_COLUMNS
 from engine.store.session_rollup import deltas, stored_versions_statements
 
 
@@ -107,3 +111,66 @@ def test_a_large_batch_looks_up_its_stored_versions_in_statements_clickhouse_acc
         ids = statement.sql.split("session_id IN (")[1].split(")")[0]
         seen += [int(i) for i in ids.split(", ")]
     assert sorted(seen) == sorted(int(r["session_id"]) for r in rows)
+
+
+def _reference(
+    old: dict[int, dict[str, Any]], new: dict[int, dict[str, Any]]
+) -> dict[tuple[str, str, int], list[int]]:
+    """The plain fold: minus every stored version's cells, plus every new version's."""
+    out: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0] * 5)
+    for sid, version in new.items():
+        stored = old.get(sid)
+        if stored is not None and stored["version"] > version["version"]:
+            continue
+        for sign, r in ((-1, stored), (1, version)):
+            if r is None or r["is_deleted"]:
+                continue
+            bounce = 1 if r["is_bounce"] else 0
+            metrics = [1, bounce, 0 if bounce else r["duration"], r["pageviews"], r["events"]]
+            hour = int(r["start"] // 3600) * 3600
+            for dim, column in SESSION_ROLLUP_COLUMNS.items():
+                cell = out[(dim, str(r[column]) if column else "", hour)]
+                for i, m in enumerate(metrics):
+                    cell[i] += sign * m
+    return {k: v for k, v in out.items() if any(v)}
+
+
+_versions = st.builds(
+    lambda version, deleted, bounce, duration, pageviews, start, country, page, source: row(
+        0,
+        version,
+        is_deleted=deleted,
+        is_bounce=bounce,
+        duration=duration,
+        pageviews=pageviews,
+        events=pageviews + 1,
+        start=start,
+        country=country,
+        entry_page=page,
+        exit_page=page,
+        source=source,
+    ),
+    st.integers(0, 5),
+    st.sampled_from([0, 0, 0, 1]),
+    st.sampled_from([0, 1]),
+    st.integers(0, 4000),
+    st.integers(0, 5),
+    st.sampled_from([7200.5, 7300.0, 10800.0]),
+    st.sampled_from(["DE", "FR"]),
+    st.sampled_from(["/", "/a"]),
+    st.sampled_from(["", "Google"]),
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.integers(1, 6), st.tuples(st.none() | _versions, _versions)))
+def test_deltas_equal_the_plain_fold_of_retractions_and_additions(
+    sessions: dict[int, tuple[dict[str, Any] | None, dict[str, Any]]],
+) -> None:
+    old = {sid: {**o, "session_id": sid} for sid, (o, _) in sessions.items() if o is not None}
+    new = {sid: {**n, "session_id": sid} for sid, (_, n) in sessions.items()}
+    rows = deltas(old, new, {0: 9})
+    assert totals(rows) == _reference(old, new)
+    # No cell that sums to nothing is written.
+    metrics = ("visits", "bounces", "duration", "pageviews", "events")
+    assert all(any(r[m] for m in metrics) for r in rows if r["site"])

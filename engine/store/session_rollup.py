@@ -39,15 +39,18 @@ def _hour(start: float) -> int:
     return int(start // 3600) * 3600
 
 
-def contributions(row: Mapping[str, Any]) -> Iterable[tuple[str, int, str, str, list[int]]]:
-    """(site, hour, dim, value, metrics) of one live session row; nothing for a deleted one."""
+_DIMS: Final[tuple[str, ...]] = tuple(SESSION_ROLLUP_COLUMNS)
+_COLUMNS: Final[tuple[str, ...]] = tuple(SESSION_ROLLUP_COLUMNS.values())
+
+
+def _cell(row: Mapping[str, Any]) -> tuple[str, int, list[str], tuple[int, ...]] | None:
+    """(site, hour, value per dimension, metrics) of a live session row; None if deleted."""
     if row["is_deleted"]:
-        return
+        return None
     bounce = 1 if row["is_bounce"] else 0
-    metrics = [1, bounce, 0 if bounce else int(row["duration"]), row["pageviews"], row["events"]]
-    hour = _hour(float(row["start"]))
-    for dim, column in SESSION_ROLLUP_COLUMNS.items():
-        yield row["site"], hour, dim, str(row[column]) if column else "", metrics
+    metrics = (1, bounce, 0 if bounce else int(row["duration"]), row["pageviews"], row["events"])
+    values = [str(row[column]) if column else "" for column in _COLUMNS]
+    return row["site"], _hour(float(row["start"])), values, metrics
 
 
 def deltas(
@@ -57,22 +60,48 @@ def deltas(
 ) -> list[dict[str, Any]]:
     """session_hour rows for replacing `old[id]` (absent: nothing stored) by `new[id]`.
     `new` rows carry src_partition; `watermarks`: highest source offset per partition of the
-    batch, recorded in every row and in one marker row (site '') per partition."""
+    batch, recorded in every row and in one marker row (site '') per partition. Cells that sum
+    to nothing are left out."""
     sums: dict[Key, list[int]] = {}
+
+    def add(key: Key, metrics: Iterable[int], sign: int) -> None:
+        cell = sums.get(key)
+        if cell is None:
+            sums[key] = [sign * m for m in metrics]
+        else:
+            for i, m in enumerate(metrics):
+                cell[i] += sign * m
+
     for sid, row in new.items():
         partition = int(row["src_partition"])
         stored = old.get(sid)
         if stored is not None and int(stored["version"]) > int(row["version"]):
             continue  # an older version arriving late: the stored one stays (as in FINAL)
-        for sign, version in ((-1, stored), (1, row)):
-            if version is None:
-                continue
-            for site, hour, dim, value, metrics in contributions(version):
-                cell = sums.setdefault((partition, site, hour, dim, value), [0] * len(METRICS))
-                for i, m in enumerate(metrics):
-                    cell[i] += sign * m
+        before = _cell(stored) if stored is not None else None
+        after = _cell(row)
+        if before is not None and after is not None and before[:2] == after[:2]:
+            # An update in place (the common case): where a dimension keeps its value, one
+            # cell takes the difference of the metrics.
+            site, hour = after[0], after[1]
+            change = [a - b for a, b in zip(after[3], before[3], strict=True)]
+            unchanged = not any(change)
+            for dim, was, now in zip(_DIMS, before[2], after[2], strict=True):
+                if was == now:
+                    if not unchanged:
+                        add((partition, site, hour, dim, now), change, 1)
+                else:
+                    add((partition, site, hour, dim, was), before[3], -1)
+                    add((partition, site, hour, dim, now), after[3], 1)
+            continue
+        for sign, cell in ((-1, before), (1, after)):
+            if cell is not None:
+                site, hour, values, metrics = cell
+                for dim, value in zip(_DIMS, values, strict=True):
+                    add((partition, site, hour, dim, value), metrics, sign)
     out: list[dict[str, Any]] = []
     for (partition, site, hour, dim, value), cell in sums.items():
+        if not any(cell):
+            continue
         out.append(
             {
                 "site": site,
