@@ -93,9 +93,9 @@ def deltas(
                     add((partition, site, hour, dim, was), before[3], -1)
                     add((partition, site, hour, dim, now), after[3], 1)
             continue
-        for sign, cell in ((-1, before), (1, after)):
-            if cell is not None:
-                site, hour, values, metrics = cell
+        for sign, version in ((-1, before), (1, after)):
+            if version is not None:
+                site, hour, values, metrics = version
                 for dim, value in zip(_DIMS, values, strict=True):
                     add((partition, site, hour, dim, value), metrics, sign)
     out: list[dict[str, Any]] = []
