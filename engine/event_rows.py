@@ -1,4 +1,4 @@
-"""Pure: enriched hits as rows of the `events` table, encoded once as a JSONEachRow block.
+"""Pure: enriched hits as rows of the `events` table, encoded once as a JSONCompactEachRow block.
 
 The worker encodes each hits message's block and the store writer inserts blocks as they are,
 so no process decodes and re-encodes every hit on its way to ClickHouse.
@@ -16,6 +16,21 @@ from engine.hits import VITALS, Hit
 from engine.sessions import VISIT_ATTRIBUTES
 
 EVENT_TEXT_COLUMNS = ("name", "hostname", "page", *VISIT_ATTRIBUTES)
+# The columns of a block's rows, in order (JSONCompactEachRow: one array per row, no keys).
+EVENT_COLUMNS: tuple[str, ...] = (
+    "site",
+    "ts",
+    "vid",
+    *EVENT_TEXT_COLUMNS,
+    "props",
+    "interactive",
+    "revenue_amount",
+    "revenue_currency",
+    *VITALS,
+    "src_partition",
+    "src_offset",
+)
+_NO_VITALS: tuple[None, ...] = (None,) * len(VITALS)
 
 
 def _revenue(hit: Hit) -> tuple[str | None, str]:
@@ -29,32 +44,43 @@ def _revenue(hit: Hit) -> tuple[str | None, str]:
         return None, ""
 
 
-def event_row(hit: Hit, src_partition: int, src_offset: int) -> dict[str, Any]:
+def event_row(hit: Hit, src_partition: int, src_offset: int) -> list[Any]:
+    """The hit as an `events` row, its values in EVENT_COLUMNS order."""
     fields: dict[str, Any] = hit  # type: ignore[assignment]
-    row: dict[str, Any] = {
-        "site": hit["site"],
-        # DateTime64(3) takes epoch seconds with a fraction in JSONEachRow.
-        "ts": math.floor(hit["ts"] * 1000) / 1000,  # as minute_of() buckets it
-        "vid": hit["vid"],
-        "props": hit.get("props") or {},
-        "interactive": 1 if hit.get("interactive", True) else 0,
-        "src_partition": src_partition,
-        "src_offset": src_offset,
-    }
-    for name in EVENT_TEXT_COLUMNS:
-        row[name] = fields.get(name) or ""
-    row["revenue_amount"], row["revenue_currency"] = _revenue(hit)
-    vitals = hit.get("vitals") or {}
-    for name in VITALS:
-        value = vitals.get(name)
-        row[name] = float(value) if value is not None else None
+    get = fields.get
+    row: list[Any] = [
+        hit["site"],
+        # DateTime64(3) takes epoch seconds with a fraction.
+        math.floor(hit["ts"] * 1000) / 1000,  # as minute_of() buckets it
+        hit["vid"],
+    ]
+    row.extend([get(name) or "" for name in EVENT_TEXT_COLUMNS])
+    row.append(get("props") or {})
+    row.append(1 if get("interactive", True) else 0)
+    row.extend(_revenue(hit))
+    vitals = get("vitals")
+    if vitals:
+        row.extend([float(vitals[v]) if vitals.get(v) is not None else None for v in VITALS])
+    else:
+        row.extend(_NO_VITALS)
+    row.append(src_partition)
+    row.append(src_offset)
     return row
 
 
 def events_block(hits: list[Hit], src_partition: int, src_offset: int) -> bytes:
-    """One JSON object per line; JSON escapes every newline inside strings, so the block's
-    rows are its lines."""
-    return b"\n".join(orjson.dumps(event_row(hit, src_partition, src_offset)) for hit in hits)
+    """A JSONCompactEachRow block (EVENT_COLUMNS): one array per line. Arrays rather than
+    objects: 40% of the bytes to encode, send through Kafka and parse, and no keys to build.
+    JSON escapes every newline inside strings, so the block's rows are its lines."""
+    return b"\n".join([orjson.dumps(event_row(hit, src_partition, src_offset)) for hit in hits])
+
+
+def compact_events_block(block: bytes) -> bytes:
+    """A JSONEachRow `events` block (worker output before codec version 6) as JSONCompactEachRow."""
+    if not block:
+        return block
+    rows = (orjson.loads(line) for line in block.split(b"\n"))
+    return b"\n".join(orjson.dumps([row.get(name) for name in EVENT_COLUMNS]) for row in rows)
 
 
 def block_rows(block: bytes) -> int:

@@ -20,14 +20,15 @@ import orjson
 
 from engine import codec
 from engine.dimensions import FIELD_OF, SESSION_ONLY_EVENTS, TOTAL
-from engine.event_rows import events_block
+from engine.event_rows import compact_events_block, events_block
 from engine.hits import VITALS, Hit
 
 # 3: the vitals columns; 4: the hits as an encoded `events` block; 5: the rollup rows as an
-# encoded `rollup_log` block. Versions 2 (no vitals), 3 (hits as maps) and 4 (rollup rows as
-# columns) are still read.
-ROLLUP_CODEC_VERSION = 5
-_READABLE_VERSIONS = (2, 3, 4, ROLLUP_CODEC_VERSION)
+# encoded `rollup_log` block; 6: the `events` block as arrays (JSONCompactEachRow). Versions 2
+# (no vitals), 3 (hits as maps), 4 (rollup rows as columns) and 5 (events as objects) are
+# still read.
+ROLLUP_CODEC_VERSION = 6
+_READABLE_VERSIONS = (2, 3, 4, 5, ROLLUP_CODEC_VERSION)
 ROLLUP_COLUMNS = (
     "site",
     "minute",
@@ -176,7 +177,7 @@ class WorkerOutput:
     src_offset: int
     rollups: bytes  # JSONCompactEachRow rows of `rollup_log` (log_block)
     sessions: list[dict[str, Any]]
-    events: bytes  # JSONEachRow rows of the `events` table (engine/event_rows.py)
+    events: bytes  # JSONCompactEachRow rows of `events` (engine/event_rows.py EVENT_COLUMNS)
     sites: list[str]  # every site the message's hits belong to
 
     @classmethod
@@ -228,11 +229,9 @@ def decode_output(payload: bytes) -> WorkerOutput:
             hits = list(body.get("hits") or [])
             return WorkerOutput.of(src_partition, src_offset, RollupBatch(rows), sessions, hits)
         log = log_block(RollupBatch(rows), src_partition, src_offset)
+    events = bytes(body["events"])
+    if body["v"] < 6:  # the events block as JSON objects
+        events = compact_events_block(events)
     return WorkerOutput(
-        src_partition,
-        src_offset,
-        log,
-        sessions,
-        bytes(body["events"]),
-        list(body.get("sites") or []),
+        src_partition, src_offset, log, sessions, events, list(body.get("sites") or [])
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.event_rows import block_rows
+from engine.event_rows import EVENT_COLUMNS, block_rows
 from engine.rollup_rows import LOG_COLUMNS
 from engine.store.client import Store
 from sinks.base import Sink
@@ -104,7 +104,9 @@ class EventsSink(Sink[bytes]):
             return 0
         block = b"\n".join(blocks)
         rows = block_rows(block)
-        await self._store.insert_block(self.table, block, rows)
+        await self._store.insert_block(
+            self.table, block, rows, fmt="JSONCompactEachRow", columns=EVENT_COLUMNS
+        )
         self._blocks = []
         return rows
 

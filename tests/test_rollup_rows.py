@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.dimensions import FIELD_OF, TOTAL
+from engine.event_rows import EVENT_COLUMNS
 from engine.hits import VITALS, Hit
 from engine.rollup_rows import (
     LOG_COLUMNS,
@@ -98,16 +99,26 @@ def test_codec_round_trip_and_older_messages() -> None:
     columns = {name: [row[i] for row in log] for i, name in enumerate(LOG_COLUMNS)}
     assert {k: columns[k] for k in ROLLUP_COLUMNS} == rollups.columns
     assert set(columns["src_partition"]) == {3} and set(columns["src_offset"]) == {42}
-    # The events block: one JSON row per hit, tagged with its source message.
-    rows = [orjson.loads(line) for line in back.events.split(b"\n")]
+    # The events block: one JSON array per hit (EVENT_COLUMNS), tagged with its source message.
+    arrays = [orjson.loads(line) for line in back.events.split(b"\n")]
+    assert all(len(a) == len(EVENT_COLUMNS) for a in arrays)
+    rows = [dict(zip(EVENT_COLUMNS, a, strict=True)) for a in arrays]
     assert [(r["name"], r["src_partition"], r["src_offset"]) for r in rows] == [
         ("pageview", 3, 42),
         ("engagement", 3, 42),
     ]
     assert rows[1]["fcp"] == 700.0 and rows[0]["fcp"] is None
-    # Version 4 (rollup rows as columns) and 3 (hits as maps) are read into the same blocks.
+    # Versions 5 and 4 (events as JSON objects; 4: rollup rows as columns) and 3 (hits as maps)
+    # are read into the same blocks.
+    objects = b"\n".join(orjson.dumps(row) for row in rows)
+    v5 = msgpack.packb(
+        {"v": 5, "src": [3, 42], "log": out.rollups, "sessions": [], "events": objects,
+         "sites": out.sites},
+        use_bin_type=True,
+    )  # fmt: skip
+    assert decode_output(v5) == back
     v4 = msgpack.packb(
-        {"v": 4, "src": [3, 42], "rows": rollups.columns, "sessions": [], "events": out.events,
+        {"v": 4, "src": [3, 42], "rows": rollups.columns, "sessions": [], "events": objects,
          "sites": out.sites},
         use_bin_type=True,
     )  # fmt: skip

@@ -12,12 +12,21 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgpack
+import orjson
 import pytest
 
 from config import load_settings
+from engine.event_rows import EVENT_COLUMNS
 from engine.hits import Hit
 from engine.query import plan_query
-from engine.rollup_rows import WorkerOutput, build_rollup_rows, encode_output, log_block
+from engine.rollup_rows import (
+    WorkerOutput,
+    build_rollup_rows,
+    decode_output,
+    encode_output,
+    log_block,
+)
 from engine.store.client import Store
 from engine.store.schema import LEVEL_GRANULARITY, ROLLUP_LEVELS, ddl
 from engine.store.writer import StoreWriter
@@ -248,6 +257,45 @@ async def test_rollup_log_columns_arrive_intact(store: Store) -> None:
     assert {(p, o) for *_, p, o in stored} == {(3, 41)}
     assert store.query_sync("SELECT count() FROM rollup_log")[0][0] == rows
     assert sink.pending == 0
+
+
+async def test_events_columns_arrive_intact(store: Store) -> None:
+    # Events are inserted as the worker's blocks (JSONCompactEachRow, EVENT_COLUMNS): every
+    # column lands in its place, including a block from a version 5 worker (JSON objects).
+    now = 1_800_000_000.1239
+    hostile = ['/q?a="1"&b=\\n', "/ünïcødé/😀", "/line\nbreak", "/tab\there", ""]
+    hits = [hit(page, (1 << 64) - 1 - i, now + i) for i, page in enumerate(hostile)]
+    hits[0]["vitals"] = {"lcp": 1234.5, "cls": 0.125}
+    hits[1]["revenue"] = {"amount": "19.9999", "currency": "EUR"}
+    hits[2]["props"] = {"plan": "pro\n", "ключ": "значение"}
+    hits[3]["interactive"] = False
+    block = output(3, 41, hits).events
+    objects = b"\n".join(
+        orjson.dumps(dict(zip(EVENT_COLUMNS, orjson.loads(line), strict=True)))
+        for line in output(3, 42, hits[:1]).events.split(b"\n")
+    )
+    v5 = msgpack.packb(
+        {"v": 5, "src": [3, 42], "log": b"", "sessions": [], "events": objects, "sites": []},
+        use_bin_type=True,
+    )
+    sink = StoreWriter(store._settings, store).events.sink
+    sink.add(block, 3, 41)
+    sink.add(decode_output(v5).events, 3, 42)
+    assert await sink.flush() == len(hits) + 1
+    stored = store.query_sync(
+        "SELECT page, vid, toUnixTimestamp64Milli(ts), props, interactive,"
+        " toString(revenue_amount), revenue_currency, lcp, cls, ttfb, src_partition, src_offset"
+        " FROM events ORDER BY src_offset, ts"
+    )
+    expected = [
+        (
+            h["page"], h["vid"], int(h["ts"] * 1000), h["props"], int(h["interactive"]),
+            "20" if h["revenue"] else None, "EUR" if h["revenue"] else "",
+            1234.5 if h["vitals"] else None, 0.125 if h["vitals"] else None, None, 3, offset,
+        )
+        for offset, h in [*((41, h) for h in hits), (42, hits[0])]
+    ]  # fmt: skip
+    assert [tuple(row) for row in stored] == expected
 
 
 # --- day_totals: closed days finalized, and kept equal to rollup_day when late data arrive ---

@@ -186,7 +186,7 @@ class StoreWriter:
             Target(SESSION_ROLLUP, SessionRollupSink(store), lambda out: out.sessions),
             Target("sessions", SessionsSink(store), lambda out: out.sessions),
         ]
-        self.rollup_log = self.targets[1]
+        self.events, self.rollup_log = self.targets[0], self.targets[1]
         self.session_rollup, self.sessions = self.targets[2], self.targets[3]
         # Highest source position each rollup level holds, per hits partition.
         self.levels: dict[str, dict[int, int]] = {t: {} for t in ROLLUP_LEVELS.values()}
