@@ -129,7 +129,7 @@ class SessionStage:
         loaded = self._batch.get(key)
         if loaded is not None:
             return loaded
-        raw = self.table.get(key)
+        raw = self._stored(key)
         adopted = None
         if not raw and previous_vid:
             # Salt rotated at midnight: continue yesterday's session under today's id.
@@ -139,11 +139,20 @@ class SessionStage:
                 loaded = _Loaded(earlier.state, partition, earlier.event, adopted)
                 self._batch[key] = loaded
                 return loaded
-            raw = self.table.get(adopted) or None
+            raw = self._stored(adopted)
         state = unwrap(raw)[2] if raw else VisitorSessions.new(site, vid)
         loaded = _Loaded(state, partition, None, adopted)
         self._batch[key] = loaded
         return loaded
+
+    def _stored(self, key: str) -> bytes | None:
+        """One read of the store. The table's own `get` tests for the key first: for a new
+        visitor, two passes over every partition's RocksDB."""
+        try:
+            raw: bytes = self.table.data[key]
+        except KeyError:
+            return None
+        return raw or None
 
     def end_batch(self) -> None:
         """Write back every state the batch touched, its changelog record to the partition of

@@ -11,6 +11,7 @@ an old version that was not yet subtracted.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -40,17 +41,22 @@ def _hour(start: float) -> int:
 
 
 _DIMS: Final[tuple[str, ...]] = tuple(SESSION_ROLLUP_COLUMNS)
-_COLUMNS: Final[tuple[str, ...]] = tuple(SESSION_ROLLUP_COLUMNS.values())
+# The row columns of every dimension but the first, the total (its value is always '').
+_dimension_values = operator.itemgetter(*_DIM_COLUMNS)
+
+Cell = tuple[str, int, tuple[str, ...], tuple[int, ...]]
+# Per (partition, site, hour): one {value: metrics} per dimension, in _DIMS order. Keyed by the
+# value alone, a cell is found by hashing one (cached) string instead of a 5-tuple.
+Cells = dict[tuple[int, str, int], list[dict[str, list[int]]]]
 
 
-def _cell(row: Mapping[str, Any]) -> tuple[str, int, list[str], tuple[int, ...]] | None:
+def _cell(row: Mapping[str, Any]) -> Cell | None:
     """(site, hour, value per dimension, metrics) of a live session row; None if deleted."""
     if row["is_deleted"]:
         return None
     bounce = 1 if row["is_bounce"] else 0
     metrics = (1, bounce, 0 if bounce else int(row["duration"]), row["pageviews"], row["events"])
-    values = [str(row[column]) if column else "" for column in _COLUMNS]
-    return row["site"], _hour(float(row["start"])), values, metrics
+    return row["site"], _hour(float(row["start"])), ("", *_dimension_values(row)), metrics
 
 
 def deltas(
@@ -62,16 +68,7 @@ def deltas(
     `new` rows carry src_partition; `watermarks`: highest source offset per partition of the
     batch, recorded in every row and in one marker row (site '') per partition. Cells that sum
     to nothing are left out."""
-    sums: dict[Key, list[int]] = {}
-
-    def add(key: Key, metrics: Iterable[int], sign: int) -> None:
-        cell = sums.get(key)
-        if cell is None:
-            sums[key] = [sign * m for m in metrics]
-        else:
-            for i, m in enumerate(metrics):
-                cell[i] += sign * m
-
+    groups: Cells = {}
     for sid, row in new.items():
         partition = int(row["src_partition"])
         stored = old.get(sid)
@@ -82,37 +79,39 @@ def deltas(
         if before is not None and after is not None and before[:2] == after[:2]:
             # An update in place (the common case): where a dimension keeps its value, one
             # cell takes the difference of the metrics.
-            site, hour = after[0], after[1]
-            change = [a - b for a, b in zip(after[3], before[3], strict=True)]
-            unchanged = not any(change)
-            for dim, was, now in zip(_DIMS, before[2], after[2], strict=True):
+            change = tuple(a - b for a, b in zip(after[3], before[3], strict=True))
+            retract = tuple(-m for m in before[3])
+            cells = _group(groups, partition, after[0], after[1])
+            for by_value, was, now in zip(cells, before[2], after[2], strict=True):
                 if was == now:
-                    if not unchanged:
-                        add((partition, site, hour, dim, now), change, 1)
+                    _add(by_value, now, change)
                 else:
-                    add((partition, site, hour, dim, was), before[3], -1)
-                    add((partition, site, hour, dim, now), after[3], 1)
+                    _add(by_value, was, retract)
+                    _add(by_value, now, after[3])
             continue
-        for sign, version in ((-1, before), (1, after)):
-            if version is not None:
-                site, hour, values, metrics = version
-                for dim, value in zip(_DIMS, values, strict=True):
-                    add((partition, site, hour, dim, value), metrics, sign)
+        if before is not None:
+            site, hour, values, metrics = before
+            _add_all(_group(groups, partition, site, hour), values, tuple(-m for m in metrics))
+        if after is not None:
+            site, hour, values, metrics = after
+            _add_all(_group(groups, partition, site, hour), values, metrics)
     out: list[dict[str, Any]] = []
-    for (partition, site, hour, dim, value), cell in sums.items():
-        if not any(cell):
-            continue
-        out.append(
-            {
-                "site": site,
-                "hour": hour,
-                "dim": dim,
-                "value": value,
-                **dict(zip(METRICS, cell, strict=True)),
-                "src_partition": partition,
-                "src_offset": watermarks[partition],
-            }
-        )
+    for (partition, site, hour), cells in groups.items():
+        for dim, by_value in zip(_DIMS, cells, strict=True):
+            for value, cell in by_value.items():
+                if not any(cell):
+                    continue
+                out.append(
+                    {
+                        "site": site,
+                        "hour": hour,
+                        "dim": dim,
+                        "value": value,
+                        **dict(zip(METRICS, cell, strict=True)),
+                        "src_partition": partition,
+                        "src_offset": watermarks[partition],
+                    }
+                )
     for partition, offset in watermarks.items():
         out.append(
             {
@@ -127,6 +126,41 @@ def deltas(
             }
         )
     return out
+
+
+def _group(groups: Cells, partition: int, site: str, hour: int) -> list[dict[str, list[int]]]:
+    key = (partition, site, hour)
+    cells = groups.get(key)
+    if cells is None:
+        cells = groups[key] = [{} for _ in _DIMS]
+    return cells
+
+
+def _add(by_value: dict[str, list[int]], value: str, metrics: tuple[int, ...]) -> None:
+    cell = by_value.get(value)
+    if cell is None:
+        by_value[value] = list(metrics)
+    else:
+        for i, m in enumerate(metrics):
+            cell[i] += m
+
+
+def _add_all(
+    cells: list[dict[str, list[int]]], values: tuple[str, ...], metrics: tuple[int, ...]
+) -> None:
+    """Adds `metrics` to each dimension's cell of its value. Unrolled: for a new session the
+    writer does this for every dimension, the largest part of its Python time."""
+    m0, m1, m2, m3, m4 = metrics
+    for by_value, value in zip(cells, values, strict=True):
+        cell = by_value.get(value)
+        if cell is None:
+            by_value[value] = [m0, m1, m2, m3, m4]
+        else:
+            cell[0] += m0
+            cell[1] += m1
+            cell[2] += m2
+            cell[3] += m3
+            cell[4] += m4
 
 
 def stored_versions_statement(rows: Iterable[Mapping[str, Any]]) -> Statement:
