@@ -93,6 +93,9 @@ def build_rollup_rows(hits: list[Hit]) -> RollupBatch:
     return RollupBatch(columns)
 
 
+_NO_SAMPLES: list[float] = []  # shared by every cell without samples: never mutated
+
+
 def _fold_group(
     columns: dict[str, list[Any]], site: str, minute: int, tz_offset: int, group: list[Hit]
 ) -> None:
@@ -103,26 +106,42 @@ def _fold_group(
     sampled = [(hit, _samples(hit)) for hit in group if hit.get("vitals")]
     sampled = [(hit, samples) for hit, samples in sampled if samples]
     fields = cast(list[dict[str, Any]], counted)
+    # Within a site's minute most dimensions have one value for every hit (one hostname, one
+    # country...): such a cell's counts and hashes are the total's.
+    everyone = (len(vids), sum(is_pageview), sorted(set(vids)))
+    site_column, minute_column, offset_column = (
+        columns["site"],
+        columns["minute"],
+        columns["tz_offset"],
+    )
+    dim_column, value_column = columns["dim"], columns["value"]
+    pageviews_column, events_column = columns["pageviews"], columns["events"]
+    hashes_column = columns["hashes"]
+    vital_columns = [columns[vital] for vital in VITALS]
 
     def emit(
         dim: str, value: str, positions: list[int] | None, vitals: dict[str, list[float]]
     ) -> None:
-        if positions is None:  # every counted hit
-            events, pageviews, hashes = len(vids), sum(is_pageview), set(vids)
+        if positions is None or len(positions) == len(vids):
+            events, pageviews, hashes = everyone
         else:
             events = len(positions)
             pageviews = sum([is_pageview[i] for i in positions])
-            hashes = {vids[i] for i in positions}
-        columns["site"].append(site)
-        columns["minute"].append(minute)
-        columns["tz_offset"].append(tz_offset)
-        columns["dim"].append(dim)
-        columns["value"].append(value)
-        columns["pageviews"].append(pageviews)
-        columns["events"].append(events)
-        columns["hashes"].append(sorted(hashes))
-        for vital in VITALS:
-            columns[vital].append(vitals.get(vital, []))
+            hashes = sorted({vids[i] for i in positions})
+        site_column.append(site)
+        minute_column.append(minute)
+        offset_column.append(tz_offset)
+        dim_column.append(dim)
+        value_column.append(value)
+        pageviews_column.append(pageviews)
+        events_column.append(events)
+        hashes_column.append(hashes)
+        if vitals:
+            for vital, column in zip(VITALS, vital_columns, strict=True):
+                column.append(vitals.get(vital, _NO_SAMPLES))
+        else:
+            for column in vital_columns:
+                column.append(_NO_SAMPLES)
 
     total_vitals: dict[str, list[float]] = {}
     for _, samples in sampled:
