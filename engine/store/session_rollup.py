@@ -33,7 +33,6 @@ _ROW_FIELDS: Final[tuple[str, ...]] = (
     "events",
 )
 _DIM_COLUMNS: Final[tuple[str, ...]] = tuple(c for c in SESSION_ROLLUP_COLUMNS.values() if c)
-Key = tuple[int, str, int, str, str]  # (partition, site, hour, dim, value)
 
 
 def _hour(start: float) -> int:
