@@ -15,13 +15,11 @@ import msgspec
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
-# Raised for bytes that are not one MessagePack value (a ValueError).
-DecodeError = msgspec.DecodeError
-
 
 def pack(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
 def unpack(data: bytes | bytearray | memoryview) -> Any:
+    """Raises msgspec.DecodeError (a ValueError) for bytes that are not one value."""
     return _decoder.decode(data)

@@ -50,8 +50,7 @@ class MinuteState:
             "v": self.visitors.to_bytes(),
             "off": self.applied_offset,
         }
-        packed: bytes = codec.pack(body)
-        return packed
+        return codec.pack(body)
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> MinuteState:

@@ -75,8 +75,7 @@ class UniqueSketch:
 
     def to_bytes(self) -> bytes:
         body: Any = sorted(self.exact) if self.exact is not None else bytes(self.registers or b"")
-        packed: bytes = codec.pack(body)
-        return packed
+        return codec.pack(body)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UniqueSketch:

@@ -39,11 +39,12 @@ class _RowSink(Sink[Any]):
         return len(rows)
 
 
-class RollupLogSink(Sink[bytes]):
-    """Blocks of `rollup_log` rows the worker already encoded (engine/rollup_rows.py
-    `log_block`): inserted as they are, one insert per flush."""
+class _BlockSink(Sink[bytes]):
+    """Blocks of rows the worker already encoded as JSONCompactEachRow (`columns` in order):
+    inserted as they are, one insert per flush."""
 
-    table = "rollup_log"
+    table: str
+    columns: tuple[str, ...]
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -71,44 +72,24 @@ class RollupLogSink(Sink[bytes]):
                 b"\n".join(self._blocks),
                 rows,
                 fmt="JSONCompactEachRow",
-                columns=LOG_COLUMNS,
+                columns=self.columns,
             )
             self.discard()
         return rows
 
 
-class EventsSink(Sink[bytes]):
-    """Blocks of `events` rows the worker already encoded (engine/event_rows.py): inserted as
-    they are, one insert per flush."""
+class RollupLogSink(_BlockSink):
+    """`rollup_log` rows (engine/rollup_rows.py `log_block`)."""
+
+    table = "rollup_log"
+    columns = LOG_COLUMNS
+
+
+class EventsSink(_BlockSink):
+    """`events` rows (engine/event_rows.py `events_block`)."""
 
     table = "events"
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._blocks: list[bytes] = []
-
-    def add(self, item: bytes, src_partition: int, src_offset: int) -> None:
-        if item:
-            self._blocks.append(item)
-
-    def discard(self) -> None:
-        self._blocks = []
-
-    @property
-    def pending(self) -> int:
-        return len(self._blocks)
-
-    async def flush(self) -> int:
-        blocks = self._blocks
-        if not blocks:
-            return 0
-        block = b"\n".join(blocks)
-        rows = block_rows(block)
-        await self._store.insert_block(
-            self.table, block, rows, fmt="JSONCompactEachRow", columns=EVENT_COLUMNS
-        )
-        self._blocks = []
-        return rows
+    columns = EVENT_COLUMNS
 
 
 class SessionsSink(_RowSink):

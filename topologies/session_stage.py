@@ -55,8 +55,7 @@ def state_key(site: str, vid: int) -> str:
 
 
 def wrap(state: VisitorSessions, partition: int, now: float) -> bytes:
-    packed: bytes = codec.pack([partition, now, state.to_bytes()])
-    return packed
+    return codec.pack([partition, now, state.to_bytes()])
 
 
 def unwrap(raw: bytes) -> tuple[int, float, VisitorSessions]:
