@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -126,6 +127,11 @@ class RunningStack:
 
     def engine_processes(self) -> dict[str, int]:
         """The engine's role processes under `rollup run`, by role (from /proc)."""
+        return {name: pid for name, pid in self.processes().items() if name in ROLES}
+
+    def processes(self) -> dict[str, int]:
+        """Every process `rollup run` started: its roles by role, the broker and Redis by
+        program name."""
         found = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -135,9 +141,33 @@ class RunningStack:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if int(stat[1]) == self.proc.pid and stat[0] != "Z" and b"engine.cli" in argv:
+            if int(stat[1]) != self.proc.pid or stat[0] == "Z":
+                continue
+            if b"engine.cli" in argv:
                 found[argv[argv.index(b"engine.cli") + 1].decode()] = int(entry.name)
+            else:
+                program = Path(argv[0].decode(errors="replace")).name
+                for kind in ("tansu", "redis"):
+                    if kind in program:
+                        program = "broker" if kind == "tansu" else kind
+                found[program] = int(entry.name)
         return found
+
+    @contextmanager
+    def cpu_shares(self, into: dict[str, float]) -> Iterator[None]:
+        """Fills `into` with the cores each of the stack's processes used meanwhile, the
+        children this script waited for (a load generator) as `load`, and the machine's idle
+        cores: where a run's CPU went."""
+        pids = self.processes()
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        children = _children_cpu()
+        idle, started = _idle_seconds(), time.monotonic()
+        yield
+        wall = time.monotonic() - started
+        for name, pid in pids.items():
+            into[name] = round((cpu_seconds(pid) - before[name]) / wall, 2)
+        into["load"] = round((_children_cpu() - children) / wall, 2)
+        into["idle"] = round((_idle_seconds() - idle) / wall, 2)
 
     @contextmanager
     def paused(self, *roles: str) -> Iterator[None]:
@@ -157,6 +187,30 @@ class RunningStack:
         for log in sorted((self.data_dir / "logs").glob("*.log")):
             parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
         return "\n".join(parts)
+
+
+ROLES = ("ingest", "api", "worker", "live")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: on a shared, noisy machine a steadier figure than
+    wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _idle_seconds() -> float:
+    """The machine's idle CPU-seconds since boot (all cores)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(stack: RunningStack, timeout: float, worker: bool) -> None:

@@ -280,20 +280,28 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 wait_drained(stack, accepted)
             with progress.timed(f"round {number + 1}: bare server", args.seconds):
                 runs.base.append(baseline(args.seconds, args.concurrency))
-            with progress.timed(f"round {number + 1}: engine", args.seconds):
+            shares: dict[str, float] = {}
+            with (
+                progress.timed(f"round {number + 1}: engine", args.seconds),
+                stack.cpu_shares(shares),
+            ):
                 rps, tail, codes = hey(f"{stack.url}/api/event", args.seconds, args.concurrency)
+            runs.engine_cores.append(shares)
             runs.engine.append(rps)
             runs.p99s.append(tail)
             runs.all_codes.append(codes)
             # The same with the rest of the engine paused: what the ingest takes when it has
             # the machine (with hey) to itself, as on a node of its own. Kafka keeps the hits.
+            shares = {}
             with (
                 stack.paused("api", "worker", "live"),
                 progress.timed(f"round {number + 1}: ingest alone", args.seconds),
+                stack.cpu_shares(shares),
             ):
                 rps_alone, tail_alone, codes = hey(
                     f"{stack.url}/api/event", args.seconds, args.concurrency
                 )
+            runs.alone_cores.append(shares)
             runs.alone.append(rps_alone)
             runs.alone_p99s.append(tail_alone)
             runs.all_codes.append(codes)
@@ -303,6 +311,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"p99 {tail_alone * 1000:.1f} ms",
                 flush=True,
             )
+            print(f"    cores, engine: {runs.engine_cores[-1]}", flush=True)
+            print(f"    cores, ingest alone: {runs.alone_cores[-1]}", flush=True)
         accepted = sum(codes.get("202", 0) for codes in runs.all_codes)
         with progress.timed("engine draining the runs' backlog", 60):
             drained = wait_drained(stack, accepted)
@@ -343,6 +353,9 @@ class Runs:
     alone: list[float] = field(default_factory=list)
     alone_p99s: list[float] = field(default_factory=list)
     all_codes: list[dict[str, int]] = field(default_factory=list)
+    # Cores each process used during the round, the load generator (hey) and the idle ones.
+    engine_cores: list[dict[str, float]] = field(default_factory=list)
+    alone_cores: list[dict[str, float]] = field(default_factory=list)
 
 
 def ingest_result(args: argparse.Namespace, runs: Runs, drained: float) -> dict[str, Any]:
@@ -363,6 +376,8 @@ def ingest_result(args: argparse.Namespace, runs: Runs, drained: float) -> dict[
             "backlog_drained_seconds": round(drained, 1),
             "status_codes": runs.all_codes,
             "bare_server_requests_per_second": [round(x) for x in runs.base],
+            "engine_cores_per_round": runs.engine_cores,
+            "ingest_alone_cores_per_round": runs.alone_cores,
             "ratios_per_round": [
                 round(e / b, 3) for e, b in zip(runs.engine, runs.base, strict=True)
             ],
