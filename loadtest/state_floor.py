@@ -25,7 +25,7 @@ from config import load_settings
 from engine import codec
 from engine.hits import decode_hits
 from topologies.changelog import BatchedChangelog
-from topologies.rollups import faust_settings
+from topologies.rollups import faust_settings, hits_and_sessions
 from topologies.session_stage import event_context, state_key
 
 
@@ -34,20 +34,7 @@ def build_floor_app(bootstrap: str, datadir: str, expected: int) -> faust.App:
     settings = load_settings(data_dir=Path(datadir), broker_port=int(bootstrap.rsplit(":")[1]))
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App("state-floor", **faust_settings(settings))
-    hits_topic = app.topic(
-        settings.hits_topic,
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
-    table = app.Table(
-        "sessions",
-        default=bytes,
-        key_type=str,
-        value_type=bytes,
-        partitions=settings.topic_partitions,
-    )
+    hits_topic, table = hits_and_sessions(app, settings)
     changelog = BatchedChangelog(table)
     seen = {"hits": 0, "first": 0.0, "cpu": 0.0}
 

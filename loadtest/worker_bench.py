@@ -282,6 +282,24 @@ def baseline_bare(hits_count: int) -> float:
         return asyncio.run(bare_consumer(c.bootstrap, "bare", sent))
 
 
+def agent_done(c: Cluster, module: str, *args: str) -> list[float]:
+    """Runs the Faust app `python -m loadtest.<module> BOOTSTRAP *args` until it prints
+    `DONE <figures>`; the figures."""
+    out = subprocess.run(
+        [sys.executable, "-m", f"loadtest.{module}", c.bootstrap, *args],
+        cwd=ROOT,
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    # Faust routes an agent's stdout into its log, which goes to stderr.
+    done = re.findall(r"DONE ([\d. ]+)", out.stdout + out.stderr)
+    if not done:
+        raise RuntimeError(f"{module} failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
+    return [float(x) for x in done[-1].split()]
+
+
 def baseline_naive(hits_count: int) -> float:
     """One message per hit through a per-event Faust agent with one table write per hit."""
     hits = list(hits_stream(hits_count, site_names(1000), time.time() - 600, 600))
@@ -303,28 +321,10 @@ def baseline_naive(hits_count: int) -> float:
 
     with cluster() as c:
         asyncio.run(produce_single())
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "loadtest.naive_agent",
-                c.bootstrap,
-                str(c.settings.data_dir / "naive"),
-                "naive",
-                str(len(hits)),
-            ],
-            cwd=ROOT,
-            env=c.env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
+        count, seconds = agent_done(
+            c, "naive_agent", str(c.settings.data_dir / "naive"), "naive", str(len(hits))
         )
-        # Faust routes the agent's stdout into its log, which goes to stderr.
-        done = re.findall(r"DONE (\d+) ([\d.]+)", out.stdout + out.stderr)
-        if not done:
-            raise RuntimeError(f"naive agent failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
-        count, seconds = done[-1]
-        return int(count) / float(seconds)
+        return count / seconds
 
 
 def baseline_floor(hits_count: int) -> dict[str, float]:
@@ -336,25 +336,9 @@ def baseline_floor(hits_count: int) -> dict[str, float]:
         sent = asyncio.run(
             produce(c.bootstrap, c.settings.hits_topic, messages(hits, HITS_PER_MESSAGE))
         )
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "loadtest.state_floor",
-                c.bootstrap,
-                str(c.settings.data_dir / "floor"),
-                str(sent),
-            ],
-            cwd=ROOT,
-            env=c.env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
+        count, seconds, cpu = agent_done(
+            c, "state_floor", str(c.settings.data_dir / "floor"), str(sent)
         )
-        done = re.findall(r"DONE (\d+) ([\d.]+) ([\d.]+)", out.stdout + out.stderr)
-        if not done:
-            raise RuntimeError(f"state floor failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
-        count, seconds, cpu = (float(x) for x in done[-1])
         return {"hits_per_second": round(count / seconds), "cpu_seconds": round(cpu, 2)}
 
 

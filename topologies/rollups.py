@@ -79,10 +79,9 @@ async def _finish_or_die(batch: asyncio.Future[None]) -> None:
         _die("rollup batch interrupted")
 
 
-def build_worker_app(settings: Settings) -> faust.App:
-    end_offsets.install(settings.kafka_bootstrap)
-    consumer_order.install()
-    app = faust.App(f"{settings.app_id}-worker", **faust_settings(settings))
+def hits_and_sessions(app: faust.App, settings: Settings) -> tuple[faust.TopicT, Any]:
+    """The hits topic (raw bytes) and the sessions table: per (site, visitor), the events of
+    the sessions that may still change."""
     hits_topic = app.topic(
         settings.hits_topic,
         key_type=bytes,
@@ -90,20 +89,27 @@ def build_worker_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
     )
-    rollups_topic = app.topic(
-        settings.rollups_topic,
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
-    # Per (site, visitor): the events of the sessions that may still change.
     sessions_table = app.Table(
         "sessions",
         default=bytes,
         key_type=str,
         value_type=bytes,
         partitions=settings.topic_partitions,
+    )
+    return hits_topic, sessions_table
+
+
+def build_worker_app(settings: Settings) -> faust.App:
+    end_offsets.install(settings.kafka_bootstrap)
+    consumer_order.install()
+    app = faust.App(f"{settings.app_id}-worker", **faust_settings(settings))
+    hits_topic, sessions_table = hits_and_sessions(app, settings)
+    rollups_topic = app.topic(
+        settings.rollups_topic,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
     )
     sessions = SessionStage(
         sessions_table, settings.session_lateness_seconds, settings.session_state_idle_seconds
