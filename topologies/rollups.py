@@ -79,16 +79,17 @@ async def _finish_or_die(batch: asyncio.Future[None]) -> None:
         _die("rollup batch interrupted")
 
 
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic whose keys and values are bytes as they travel: we encode them ourselves."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
+    )
+
+
 def hits_and_sessions(app: faust.App, settings: Settings) -> tuple[faust.TopicT, Any]:
     """The hits topic (raw bytes) and the sessions table: per (site, visitor), the events of
     the sessions that may still change."""
-    hits_topic = app.topic(
-        settings.hits_topic,
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
+    hits_topic = raw_topic(app, settings.hits_topic)
     sessions_table = app.Table(
         "sessions",
         default=bytes,
@@ -104,13 +105,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     consumer_order.install()
     app = faust.App(f"{settings.app_id}-worker", **faust_settings(settings))
     hits_topic, sessions_table = hits_and_sessions(app, settings)
-    rollups_topic = app.topic(
-        settings.rollups_topic,
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
+    rollups_topic = raw_topic(app, settings.rollups_topic)
     sessions = SessionStage(
         sessions_table, settings.session_lateness_seconds, settings.session_state_idle_seconds
     )
