@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # Stats API answers kept per process (0 = off); used only with the embedded chDB store,
     # whose only writer is this process (see engine/query/cache.py).
     query_cache_entries: int = 2048
+    # ClickHouse threads one Stats API statement may use; None: one with the embedded chDB,
+    # the server's default otherwise. chDB runs one statement at a time, so a second thread
+    # only competes with the store writer and the other roles for the same cores, and the
+    # dashboards' tail latency doubled with it (README, "Queries").
+    query_max_threads: int | None = None
     sites_refresh_seconds: float = 2.0
     worker_web_port: int = 6066
     # The live role's /metrics and /api/health (`rollup live`); 0 = off.
@@ -133,6 +138,14 @@ class Settings(BaseSettings):
     @property
     def worker_dir(self) -> Path:
         return (self.worker_data_dir or self.data_dir / "worker").resolve()
+
+    @property
+    def query_settings(self) -> dict[str, int]:
+        """ClickHouse settings of each Stats API statement."""
+        threads = self.query_max_threads
+        if threads is None and self.embedded_clickhouse:
+            threads = 1
+        return {} if threads is None else {"max_threads": threads}
 
     @property
     def chdb_path(self) -> Path:

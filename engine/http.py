@@ -209,9 +209,9 @@ def build_app(
                     QUERY_SECONDS.labels("cache").observe(time.perf_counter() - started)
                     return Response(cached, media_type=JSON)
         try:
-            rows = [await runtime.store.query(s.sql, s.params) for s in plan.statements]
+            rows = [await runtime.store.stats_query(s.sql, s.params) for s in plan.statements]
             for index, again in plan.recheck(rows).items():
-                rows[index] = await runtime.store.query(again.sql, again.params)
+                rows[index] = await runtime.store.stats_query(again.sql, again.params)
         except Exception as exc:  # the store, not the query, is at fault: say so, don't 500
             log.warning("query on %s failed: %s", plan.table, exc)
             QUERIES.labels("503", plan.table).inc()

@@ -702,6 +702,9 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
     if args is None:
         args = parser().parse_args([])
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.query_max_threads is not None:  # the API inherits it (running_api)
+        os.environ["ROLLUP_QUERY_MAX_THREADS"] = str(args.query_max_threads)
+    threads = os.environ.get("ROLLUP_QUERY_MAX_THREADS", "engine default")
     result: dict[str, Any] = {}
     if not args.growth_only:
         result = run_queries(
@@ -712,6 +715,7 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
             reuse=args.reuse,
             datasets=args.datasets,
         )
+        result["query_max_threads"] = threads
         print_table(result)
         (RESULTS / "queries.json").write_text(json.dumps(result, indent=2))
         chart(result, RESULTS / "queries.png")
@@ -722,6 +726,7 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
             reuse=args.growth_reuse,
             datasets=args.datasets,
         )
+        growth["query_max_threads"] = threads
         print_table(growth)
         (RESULTS / "growth_days.json").write_text(json.dumps(growth, indent=2))
         result["growth"] = growth
@@ -740,6 +745,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--growth-pageviews-per-day", type=int, default=50_000)
     p.add_argument("--growth-rounds", type=int, default=10)
     p.add_argument("--growth-reuse", type=Path, help="a growth data directory built earlier")
+    p.add_argument(
+        "--query-max-threads",
+        type=int,
+        help="ClickHouse threads per Stats API statement (0: ClickHouse's default), to compare"
+        " with the engine's default (one on chDB)",
+    )
     p.add_argument(
         "--datasets", type=Path, help="keep each built store under this directory and reuse it"
     )

@@ -76,6 +76,7 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: Any = None
+        self._query_settings = settings.query_settings
         # chDB serialises anyway; one thread keeps inserts ordered.
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clickhouse")
 
@@ -113,6 +114,15 @@ class Store:
         # A dict: clickhouse-connect binds server-side only from a dict (it formats other
         # mappings into the text itself).
         result = self._client.query(sql, parameters=dict(params) if params else None)
+        return [tuple(row) for row in result.result_rows]
+
+    def stats_query_sync(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """A Stats API statement, with the settings of dashboard reads (query_settings)."""
+        result = self._client.query(
+            sql, parameters=dict(params) if params else None, settings=self._query_settings
+        )
         return [tuple(row) for row in result.result_rows]
 
     def insert_rows_sync(self, table: str, rows: list[dict[str, Any]]) -> None:
@@ -159,6 +169,11 @@ class Store:
         self, sql: str, params: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         return await self._run(partial(self.query_sync, sql, params))
+
+    async def stats_query(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        return await self._run(partial(self.stats_query_sync, sql, params))
 
     async def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         await self._run(partial(self.insert_rows_sync, table, rows))
