@@ -108,22 +108,25 @@ class Store:
 
     # Synchronous API (CLI, tests)
     def query_sync(
-        self, sql: str, params: Mapping[str, Any] | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> list[tuple[Any, ...]]:
-        """`params`: the values of the `{name:Type}` placeholders in `sql`."""
+        """`params`: the values of the `{name:Type}` placeholders in `sql`; `settings`:
+        ClickHouse settings of this statement only."""
         # A dict: clickhouse-connect binds server-side only from a dict (it formats other
         # mappings into the text itself).
-        result = self._client.query(sql, parameters=dict(params) if params else None)
+        result = self._client.query(
+            sql, parameters=dict(params) if params else None, settings=settings
+        )
         return [tuple(row) for row in result.result_rows]
 
     def stats_query_sync(
         self, sql: str, params: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         """A Stats API statement, with the settings of dashboard reads (query_settings)."""
-        result = self._client.query(
-            sql, parameters=dict(params) if params else None, settings=self._query_settings
-        )
-        return [tuple(row) for row in result.result_rows]
+        return self.query_sync(sql, params, self._query_settings)
 
     def insert_rows_sync(self, table: str, rows: list[dict[str, Any]]) -> None:
         """JSONEachRow insert: with chDB it is an order of magnitude faster than the columnar
