@@ -680,6 +680,35 @@ def chart(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def chart_growth(result: dict[str, Any], path: Path) -> None:
+    """Per query, the first-asking p50 over 1, 30 and 365 days."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spans = sorted({r["days"] for r in result["runs"]})
+    x = range(len(QUERY_NAMES))
+    width = 0.8 / len(spans)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for k, span in enumerate(spans):
+        p50 = {r["query"]: r["first_p50_ms"] for r in result["runs"] if r["days"] == span}
+        offset = (k - (len(spans) - 1) / 2) * width
+        ax.bar(
+            [i + offset for i in x],
+            [p50[q] for q in QUERY_NAMES],
+            width,
+            label=f"{span} day{'s' if span > 1 else ''} ({result['totals_ms'][span]:.0f} ms)",
+        )
+    ax.set_xticks(list(x), list(QUERY_NAMES), rotation=15)
+    ax.set_ylabel("ms, first asking (p50)")
+    ax.set_title(f"Query latency by range: {result['note'].split(' (')[0]}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def print_table(result: dict[str, Any]) -> None:
     rows = result["runs"]
     if rows:
@@ -729,6 +758,7 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
         growth["query_max_threads"] = threads
         print_table(growth)
         (RESULTS / "growth_days.json").write_text(json.dumps(growth, indent=2))
+        chart_growth(growth, RESULTS / "growth_days.png")
         result["growth"] = growth
     return result
 
