@@ -164,18 +164,18 @@ def _build_into(ds: DataSet, data_dir: Path, verify: bool) -> dict[str, Any]:
     info["visitors_exact"] = store.query_sync(f"SELECT uniqExact(vid) FROM {RAW_TABLE}")[0][0]
     if verify:
         info.update(query_data.verify_equivalence(ds, store.query_sync))
-    # Catch-up work the store writer would do on start (derived tables), done now.
+    # Catch-up work the store writer would do on start, done now; the closed days are
+    # finalized by a stage of their own (_finalized), so a failure there keeps the data.
     from engine.store import writer
 
-    writer.rebuild_derived(store)
-    info["finalized"] = True
+    writer.rebuild_session_rollup(store)
     store.close()
     return info
 
 
 def stage_finalize(data_dir: Path, days: int) -> dict[str, Any]:
-    """For a store built before the writer finalized days (day_totals, month spans): what the
-    writer would do on start, done now."""
+    """The closed days' totals and month spans of a built store, from scratch (what the writer
+    keeps up to date as days close)."""
     from engine.store import writer
 
     store = _open_store(data_dir, retention_days=max(90, days + 30))
@@ -190,7 +190,7 @@ def _finalized(
 ) -> None:
     if build.get("finalized"):
         return
-    log("finalizing the closed days of a store built before that existed ...")
+    log("finalizing the closed days (day totals, month spans) ...")
     build.update(_child("finalize", {"data_dir": str(data_dir), "days": days}))
     build["finalized"] = True
     (data_dir / "build.json").write_text(json.dumps(build))
@@ -492,7 +492,9 @@ def run_queries(
     else:
         log(f"building {pageviews:,} pageviews over {days} days in {data_dir} ...")
         build = _child("build", {**common, "verify": verify})
-        (data_dir / "build.json").write_text(json.dumps({**build, "last_day": str(last_day)}))
+        build["last_day"] = str(last_day)
+        (data_dir / "build.json").write_text(json.dumps(build))
+        _finalized(data_dir, build, days, log)
     log(
         f"built in {build['build_seconds']} s: {build['pageviews']:,} pageviews, "
         f"{build['rows_sessions']:,} sessions; equivalence check: {build.get('equivalence')}"
@@ -604,8 +606,9 @@ def run_growth(
     if not built:
         log(f"building {pageviews_per_day:,} pageviews a day over {days} days in {data_dir} ...")
         build = _child("build", {**common, "verify": False})
-        record = {**build, "last_day": str(last_day), "pageviews_per_day": pageviews_per_day}
-        (data_dir / "build.json").write_text(json.dumps(record))
+        build.update(last_day=str(last_day), pageviews_per_day=pageviews_per_day)
+        (data_dir / "build.json").write_text(json.dumps(build))
+        _finalized(data_dir, build, days, log)
     log(f"built in {build['build_seconds']} s")
     spans = [1, 30, 365]
     runs = []

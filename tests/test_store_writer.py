@@ -29,8 +29,8 @@ from engine.rollup_rows import (
 )
 from engine.store.client import Store
 from engine.store.schema import LEVEL_GRANULARITY, ROLLUP_LEVELS, ddl
-from engine.store.writer import StoreWriter
-from tests.query_helpers import run
+from engine.store.writer import StoreWriter, finalize_closed_days
+from tests.query_helpers import NOW, generate_hits, open_store, run
 
 
 def hit(page: str, vid: int, ts: float) -> Hit:
@@ -524,3 +524,31 @@ async def test_coarse_levels_wait_for_their_interval_or_an_idle_writer(tmp_path:
     assert pageviews_since(store, now, first)[0] == 4
     assert writer.data_version("w.test") != version
     store.close()
+
+
+def _spans_and_totals(query: Any) -> tuple[list[Any], list[Any]]:
+    spans = query(
+        "SELECT site, kind, day, dim, value, pageviews, events, finalizeAggregation(visitors) "
+        "FROM rollup_span FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    )
+    totals = query(
+        "SELECT site, day, visitors, pageviews, events FROM day_totals FINAL "
+        "WHERE is_deleted = 0 ORDER BY ALL"
+    )
+    return [tuple(r) for r in spans], [tuple(r) for r in totals]
+
+
+def test_bulk_finalize_a_month_at_a_time_equals_one_statement(tmp_path: Path) -> None:
+    # open_store builds every span and day total of the closed days in one statement each.
+    client = open_store(tmp_path / "clickhouse", generate_hits())
+    expected = _spans_and_totals(lambda sql: client.query(sql).result_rows)
+    client.close()
+    months = {(site, day.replace(day=1)) for site, _, day, *_ in expected[0]}
+    assert len({m for _, m in months}) > 12 and len(expected[1]) > 100
+    store = Store(load_settings(data_dir=tmp_path))
+    store.open()
+    try:
+        finalize_closed_days(store, NOW)  # truncates both, then a month at a time
+        assert _spans_and_totals(store.query_sync) == expected
+    finally:
+        store.close()
