@@ -346,7 +346,7 @@ def generate(ds: DataSet, execute: Exec, query_np: Callable[[str], Any], scratch
     # a day at a time the 365-day set had reached day 68 after 20 minutes, slowing down.
     step = max(1, DERIVE_PAGEVIEWS * ds.days // max(ds.pageviews, 1))
     low = -1
-    for last in days[step - 1 :: step] + ([days[-1]] if len(days) % step else []):
+    for last in (days[min(i + step, len(days)) - 1] for i in range(0, len(days), step)):
         high = int(dt.datetime.combine(last, dt.time(23, 59), dt.UTC).timestamp()) // 60
         for table in ROLLUP_LEVELS.values():
             execute(derive_sql(table, {0: (low, high)}))
