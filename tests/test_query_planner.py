@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from engine.query import plan_query, sql
 from engine.query.dates import COARSE_DAY_LEVELS, month_span_cover
-from engine.query.planner import CANDIDATES, SKETCH_SLACK, _closed_day_cover
+from engine.query.day_levels import closed_day_cover
+from engine.query.planner import CANDIDATES, SKETCH_SLACK
 from tests.query_helpers import inlined
 
 NOW = datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
@@ -318,7 +319,7 @@ def test_coarse_levels_serve_only_spans_that_ended_before_today() -> None:
     today, so a span holding today reads days, even when its week or month is whole."""
     first, end = date(2026, 10, 1), date(2026, 11, 30)
     sunday = date(2026, 11, 29)
-    assert _closed_day_cover(first, end, sunday, COARSE_DAY_LEVELS) == [
+    assert closed_day_cover(first, end, sunday, COARSE_DAY_LEVELS) == [
         ("month", date(2026, 10, 1), date(2026, 11, 1)),
         ("day", date(2026, 11, 1), date(2026, 11, 2)),
         ("week", date(2026, 11, 2), date(2026, 11, 23)),
@@ -326,7 +327,7 @@ def test_coarse_levels_serve_only_spans_that_ended_before_today() -> None:
     ]
     # A day later, that week is closed and its level serves it.
     monday = sunday + timedelta(days=1)
-    assert ("week", date(2026, 11, 2), date(2026, 11, 30)) in _closed_day_cover(
+    assert ("week", date(2026, 11, 2), date(2026, 11, 30)) in closed_day_cover(
         first, end, monday, COARSE_DAY_LEVELS
     )
     # Today is the site's: 23:30 UTC on Sunday is Monday in Berlin, so Sunday has ended there.
@@ -346,7 +347,7 @@ def test_coarse_levels_serve_only_spans_that_ended_before_today() -> None:
 )
 def test_closed_day_cover_partitions_the_range(first: date, days: int, today_offset: int) -> None:
     today = first + timedelta(days=today_offset)
-    spans = _closed_day_cover(first, first + timedelta(days=days), today, COARSE_DAY_LEVELS)
+    spans = closed_day_cover(first, first + timedelta(days=days), today, COARSE_DAY_LEVELS)
     covered = [a + timedelta(days=i) for _, a, b in spans for i in range((b - a).days)]
     assert covered == [first + timedelta(days=i) for i in range(days)]  # each date once, in order
     assert all(b <= today for level, _, b in spans if level != "day")

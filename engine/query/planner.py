@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, Final
 
 from engine.dimensions import (
@@ -53,19 +53,13 @@ from engine.dimensions import (
     empty_label,
 )
 from engine.errors import QueryError
-from engine.hits import VITALS
-from engine.query import sessions, sql
+from engine.query import day_levels, sessions, sql
 from engine.query.dates import (
-    COARSE_DAY_LEVELS,
     DateRange,
-    DayLevel,
     Granularity,
-    MonthSpan,
-    day_cover,
     granularity,
     is_aligned,
     is_day_boundary,
-    month_span_cover,
     offsets_are_multiples,
     resolve_date_range,
     time_labels,
@@ -87,11 +81,8 @@ from engine.query.model import (
 )
 from engine.query.render import render
 from engine.query.sql import Params, Statement
-from engine.store import spans
 from engine.store.day_totals import closed_before
 from engine.store.schema import (
-    LEVEL_COLUMNS,
-    ROLLUP_LEVELS,
     SESSION_ROLLUP,
     SESSION_ROLLUP_COLUMNS,
     VITALS_SKETCH_PARAMS,
@@ -613,21 +604,15 @@ def _event_select(
             bound = "sum(t_events)"
             having = f"{bound} > 0"
         elif table == "rollup_day":
-            levels = _COARSE_FOR.get(gran, ())
             first, end = dr.local_start_date, dr.local_end_date
-            # A span lies in one month: it fits monthly buckets too, but not weeks or days.
-            spanned = gran in (None, "month")
-            pieces = month_span_cover(first, end, closed_before(now)) if spanned else []
-            cover = _closed_day_cover(first, end, today, levels)
-            if pieces:
-                guarded, built = _guarded(pieces, today, levels, query.site_id, params)
-                source = _day_levels(guarded, conds, params)
-                scalars = (built,)
-            elif any(level != "day" for level, _, _ in cover):
-                source = _day_levels([(*span, None) for span in cover], conds, params)
+            read = day_levels.source(
+                query.site_id, first, end, today, closed_before(now), gran, conds, params
+            )
+            if read is not None:
+                source, scalars = read
             else:
-                conds.append(f"day >= {params.date(dr.local_start_date)}")
-                conds.append(f"day < {params.date(dr.local_end_date)}")
+                conds.append(f"day >= {params.date(first)}")
+                conds.append(f"day < {params.date(end)}")
         else:
             col = _TIME_COLUMN[table]
             conds.append(f"{col} >= {params.datetime(dr.start)}")
@@ -655,22 +640,6 @@ def _event_select(
         keyed=None if table == "events" else "value",
         scalars=scalars,
     )
-
-
-def _closed_day_cover(
-    first: date, end: date, today: date, levels: tuple[DayLevel, ...]
-) -> list[tuple[DayLevel, date, date]]:
-    """day_cover of [first, end), its coarse levels only for spans that ended before the
-    site's today: the store writer feeds those levels every few seconds rather than every
-    batch, and live hits only ever land on today."""
-    closed = min(max(first, today), end)
-    spans = day_cover(first, closed, levels)
-    if closed < end:
-        if spans and spans[-1][0] == "day":
-            spans[-1] = ("day", spans[-1][1], end)
-        else:
-            spans.append(("day", closed, end))
-    return spans
 
 
 def _by_day_totals(query: Query, gran: Granularity | None, dim: str) -> bool:
@@ -702,109 +671,6 @@ def _day_totals_source(site: str, dr: DateRange, params: Params) -> str:
         f" WHERE {site_is} AND dim = {params.string(TOTAL)} AND {days}"
         f" AND day NOT IN (SELECT day FROM {finalized}) GROUP BY day)"
     )
-
-
-# Which levels above the day may answer a day-resolution query, by its time buckets: a week,
-# month or quarter row lies in one bucket of these (a week may straddle two months, a quarter
-# spans three).
-_COARSE_FOR: Final[dict[Granularity | None, tuple[DayLevel, ...]]] = {
-    None: COARSE_DAY_LEVELS,
-    "week": ("week",),
-    "month": ("month",),
-}
-_ROLLUP_READ: Final[str] = ", ".join(
-    ("site", "dim", "value", "pageviews", "events", "visitors", *VITALS)
-)
-
-
-# A piece of a day-resolution range: a level (or a month span, see engine/store/spans.py)
-# over [first, end), read only when the condition holds (None: always).
-_Piece = tuple[DayLevel | MonthSpan, date, date, str | None]
-
-
-def _guarded(
-    pieces: list[tuple[MonthSpan | None, date, date]],
-    today: date,
-    levels: tuple[DayLevel, ...],
-    site: str,
-    params: Params,
-) -> tuple[list[_Piece], str]:
-    """The pieces of month_span_cover as levels to read: each month span only when the writer
-    has built it (its site's totals row is there), else the days it covers; and the scalar
-    subquery listing the spans built, for the statement's WITH."""
-    wanted = [(kind, first, end) for kind, first, end in pieces if kind is not None]
-    keys = " OR ".join(f"({_span_is(kind, a, b, params)})" for kind, a, b in wanted)
-    built = (
-        f"(SELECT groupArray((kind, day)) FROM {spans.TABLE} FINAL"
-        f" WHERE site = {params.string(site)} AND dim = {params.string(TOTAL)}"
-        f" AND is_deleted = 0 AND ({keys})) AS {_SPANS_BUILT}"
-    )
-    out: list[_Piece] = []
-    for kind, first, end in pieces:
-        if kind is None:
-            out += [(*span, None) for span in _closed_day_cover(first, end, today, levels)]
-            continue
-        is_built = f"has({_SPANS_BUILT}, {_span_key(kind, first, end, params)})"
-        out.append((kind, first, end, is_built))
-        # By day, not by week: rarely read, and a branch of its own costs even when it reads
-        # nothing, while the days share the branch of the range's other days.
-        out.append(("day", first, end, f"NOT {is_built}"))
-    return out, built
-
-
-_SPANS_BUILT: Final[str] = "spans_built"
-
-
-def _span_day(kind: MonthSpan, first: date, end: date) -> date:
-    """The day a span's row carries: a prefix's last day, a suffix's first."""
-    return end - timedelta(days=1) if kind == "prefix" else first
-
-
-def _span_kind(kind: MonthSpan) -> int:
-    return spans.PREFIX if kind == "prefix" else spans.SUFFIX
-
-
-def _span_is(kind: MonthSpan, first: date, end: date, params: Params) -> str:
-    day = params.date(_span_day(kind, first, end))
-    return f"kind = {_span_kind(kind)} AND day = {day}"
-
-
-def _span_key(kind: MonthSpan, first: date, end: date, params: Params) -> str:
-    return f"(toUInt8({_span_kind(kind)}), toDate({params.date(_span_day(kind, first, end))}))"
-
-
-def _day_levels(pieces: list[_Piece], conds: list[str], params: Params) -> str:
-    """The rows of rollup_day over local dates, reading whole quarters, months and weeks from
-    their levels (each row's bucket start as `day`): one row per quarter, month or week instead
-    of one per day, the same sketches merged (a union of the same visitor sets); and month
-    spans, one row for a stretch of a month (its last or first day as `day`)."""
-    branches: list[str] = []
-    # One SELECT per table: each branch of a UNION costs about 10 ms in chDB, whatever it reads.
-    keys = [
-        f"({_span_is(kind, first, end, params)} AND {when})"
-        for kind, first, end, when in pieces
-        if kind in ("prefix", "suffix")
-    ]
-    if keys:
-        branches.append(
-            f"SELECT day, {_ROLLUP_READ} FROM {spans.TABLE} FINAL"
-            f" WHERE {' AND '.join(conds)} AND is_deleted = 0 AND ({' OR '.join(keys)})"
-        )
-    for level in (*COARSE_DAY_LEVELS, "day"):
-        table = ROLLUP_LEVELS[level]
-        col = LEVEL_COLUMNS[table]
-        ranges = [
-            f"({col} >= {params.date(a)} AND {col} < {params.date(b)}"
-            + (f" AND {when})" if when else ")")
-            for kind, a, b, when in pieces
-            if kind == level
-        ]
-        if ranges:
-            branches.append(
-                f"SELECT {col} AS day, {_ROLLUP_READ} FROM {table}"
-                f" WHERE {' AND '.join(conds)} AND ({' OR '.join(ranges)})"
-            )
-    return "(" + " UNION ALL ".join(branches) + ")"
 
 
 def _labels(
