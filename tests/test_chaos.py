@@ -1,4 +1,4 @@
-"""Fault injection (loadtest/chaos.py, short mode) on its own embedded stack: a steady stream of
+"""Fault injection (loadtest/chaos/, short mode) on its own embedded stack: a steady stream of
 hits while workers are SIGKILLed, scaled from one to three and back, and the ingest, Redis and the
 ClickHouse writer fail. Nothing answered 202 may be lost or counted twice.
 
