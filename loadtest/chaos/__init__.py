@@ -30,28 +30,7 @@ After each fault a probe hit goes to each of four probe sites (one per `hits` pa
 fault's recovery time is the seconds until all four are visible in `POST /api/v2/query`.
 """
 
-from loadtest.chaos.audit import Audit, Auditor, audit_counts, live_check, match_minutes
-from loadtest.chaos.cluster import Cluster, Mode, Proc
-from loadtest.chaos.faults import Fault, Injector
+from loadtest.chaos.cluster import Mode
 from loadtest.chaos.run import Report, main, run_chaos
-from loadtest.chaos.traffic import Driver, HitSpec, StatsClient, Tally
 
-__all__ = [
-    "Audit",
-    "Auditor",
-    "Cluster",
-    "Driver",
-    "Fault",
-    "HitSpec",
-    "Injector",
-    "Mode",
-    "Proc",
-    "Report",
-    "StatsClient",
-    "Tally",
-    "audit_counts",
-    "live_check",
-    "main",
-    "match_minutes",
-    "run_chaos",
-]
+__all__ = ["Mode", "Report", "main", "run_chaos"]
