@@ -237,9 +237,10 @@ def open_store(path: Path, hits: list[Hit], sessions: list[Session] | None = Non
     # The store writer folds the log into the levels; do the same for the whole log.
     for level in ROLLUP_LEVELS.values():
         client.command(derive_sql(level, None))
-    # And finalizes the days closed at NOW, with their month spans: a range ending at NOW
-    # reads both kinds of day.
+    # And finalizes the days closed at NOW, with their month spans and year prefixes: a range
+    # ending at NOW reads both kinds of day.
     client.command(spans.build_sql(1, before=day_totals.closed_before(NOW)))
+    client.command(spans.year_build_sql(1, before=day_totals.closed_before(NOW)))
     client.command(day_totals.finalize_sql(1, before=day_totals.closed_before(NOW)))
     if sessions is not None:
         for offset, batch in enumerate(session_insert_batches(sessions)):

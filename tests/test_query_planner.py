@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.query import plan_query, sql
 from engine.query.dates import COARSE_DAY_LEVELS, month_span_cover
-from engine.query.day_levels import closed_day_cover
+from engine.query.day_levels import closed_day_cover, year_prefix_cover
 from engine.query.planner import CANDIDATES, SKETCH_SLACK
 from tests.query_helpers import inlined
 
@@ -282,26 +282,30 @@ def test_long_ranges_read_whole_quarters_months_and_weeks_from_their_levels() ->
     assert p.table == "rollup_day"  # the resolution: local days
     # Its ends are month spans, so no week is read whole (see the spans below; weeks: below).
     assert "FROM rollup_month WHERE" in sql and "FROM rollup_week" not in sql
-    assert "(quarter >= '2026-01-01' AND quarter < '2026-10-01')" in sql
+    # January to October 2026 is one year prefix, December 2025 a month.
     assert "(month >= '2025-12-01' AND month < '2026-01-01')" in sql
-    assert "(month >= '2026-10-01' AND month < '2026-11-01')" in sql
-    # The ends are month spans (the days closed at `after`: before 2026-11-26), each read
-    # only when the writer has built it, else its weeks and days.
+    # The ends are month spans (the days closed at `after`: before 2026-11-26), each span read
+    # only when the writer has built it, else its quarters, months, or days.
     # Which spans are built: one scalar subquery in the statement's WITH, evaluated once.
     assert sql.startswith(
         "WITH (SELECT groupArray((kind, day)) FROM rollup_span FINAL WHERE site = 'example.com'"
         " AND dim = '' AND is_deleted = 0 AND ((kind = 1 AND day = '2025-11-27')"
+        " OR (kind = 2 AND day = '2026-10-01')"
         " OR (kind = 0 AND day = '2026-11-25'))) AS spans_built SELECT "
     )
     built = "has(spans_built, "
     suffix, prefix = "(toUInt8(1), toDate('2025-11-27')))", "(toUInt8(0), toDate('2026-11-25')))"
-    # Both spans in one SELECT (each branch of a UNION costs about 10 ms).
+    year = "(toUInt8(2), toDate('2026-10-01')))"
+    # The spans in one SELECT (each branch of a UNION costs about 10 ms).
     assert sql.count("FROM rollup_span FINAL WHERE site = 'example.com' AND dim = 'visit") == 1
     assert (
         f"AND is_deleted = 0 AND ((kind = 1 AND day = '2025-11-27' AND {built}{suffix})"
+        f" OR (kind = 2 AND day = '2026-10-01' AND {built}{year})"
         f" OR (kind = 0 AND day = '2026-11-25' AND {built}{prefix}))"
     ) in sql
-    # A span not built yet is read by day (a rare case; the days share one branch).
+    # A year prefix not built yet is read by quarters and months; a month span by day.
+    assert f"(quarter >= '2026-01-01' AND quarter < '2026-10-01' AND NOT {built}{year})" in sql
+    assert f"(month >= '2026-10-01' AND month < '2026-11-01' AND NOT {built}{year})" in sql
     assert f"(day >= '2026-11-01' AND day < '2026-11-26' AND NOT {built}{prefix})" in sql
     assert f"(day >= '2025-11-27' AND day < '2025-12-01' AND NOT {built}{suffix})" in sql
     assert "(day >= '2026-11-26' AND day < '2026-11-27'))" in sql  # not closed: days
@@ -383,6 +387,34 @@ def test_month_span_cover_partitions_the_range_into_closed_month_spans(
     starts = [first + timedelta(days=i) for i in range(1, days) if (first + timedelta(i)).day == 1]
     if starts and (starts[0] - first).days >= 2 and first.day != 1 and starts[0] <= closed:
         assert pieces
+
+
+@given(
+    first=st.dates(date(2023, 1, 1), date(2027, 12, 31)),
+    days=st.integers(1, 1200),
+    closed_offset=st.integers(-50, 1250),
+)
+def test_year_prefixes_partition_the_range_into_closed_whole_months_from_january(
+    first: date, days: int, closed_offset: int
+) -> None:
+    end = first + timedelta(days=days)
+    closed = first + timedelta(days=closed_offset)
+    spans = month_span_cover(first, end, closed)
+    pieces = year_prefix_cover(spans or [(None, first, end)], closed)
+    covered = [a + timedelta(days=i) for _, a, b in pieces for i in range((b - a).days)]
+    assert covered in ([], [first + timedelta(days=i) for i in range(days)])
+    assert [p for p in pieces if p[0] in ("prefix", "suffix")] == [
+        p for p in spans if p[0] is not None
+    ]
+    for kind, a, b in pieces:
+        if kind == "year_prefix":
+            # January to a closed month of the same year, two months or more.
+            assert (a.month, a.day, b.day) == (1, 1, 1) and b <= closed
+            assert (b - timedelta(days=1)).year == a.year and b >= date(a.year, 3, 1)
+    # Used whenever January 1st to the end of February lies in the range's closed days.
+    years = [date(y, 1, 1) for y in range(first.year, end.year + 1)]
+    if any(first <= y and date(y.year, 3, 1) <= min(end, closed) for y in years):
+        assert any(kind == "year_prefix" for kind, _, _ in pieces)
 
 
 def test_ranking_by_visitors_merges_the_sketches_of_the_top_candidates_only() -> None:

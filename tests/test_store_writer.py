@@ -473,6 +473,71 @@ async def test_month_spans_stay_equal_to_their_days_through_late_data_and_a_cras
     assert across_months(store, now)[:2] == oracle()
 
 
+async def test_year_prefixes_stay_equal_to_their_days_through_late_data_and_a_crash(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oracle: the distinct visitors (and pageviews: one each) of the generated hits from
+    January to the last closed day, overall and per page."""
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)  # days before 2026-11-20 are closed
+    writer = StoreWriter(store._settings, store, now=lambda: now)
+    await writer.reload_applied()
+    pages_of: dict[str, set[int]] = {}
+    offset = 0
+
+    async def send(day: str, visitors: range, page: str, w: StoreWriter = writer) -> None:
+        nonlocal offset
+        noon = datetime.fromisoformat(f"{day}T12:00:00+00:00").timestamp()
+        pages_of.setdefault(page, set()).update(visitors)
+        hits = [hit(page, v, noon + i) for i, v in enumerate(visitors)]
+        await w._apply(FakeConsumer(), records([output(0, offset, hits)]))  # type: ignore[arg-type]
+        offset += 1
+
+    def year_to_date() -> tuple[list[int], dict[str, int], str]:
+        common = {"site_id": "w.test", "date_range": ["2026-01-01", "2026-11-19"]}
+        kwargs: dict[str, Any] = {"timezone": "Europe/Berlin", "now": now, "first_day": None}
+        total = plan_query({**common, "metrics": ["visitors", "pageviews"]}, **kwargs)
+        pages = plan_query(
+            {**common, "metrics": ["visitors"], "dimensions": ["event:page"]}, **kwargs
+        )
+        by_page = {
+            r["dimensions"][0]: r["metrics"][0] for r in run(store._client, pages)["results"]
+        }
+        return run(store._client, total)["results"][0]["metrics"], by_page, total.statements[0].sql
+
+    def oracle() -> tuple[list[int], dict[str, int]]:
+        everyone = set().union(*pages_of.values())
+        pageviews = sum(len(v) for v in pages_of.values())
+        return [len(everyone), pageviews], {p: len(v) for p, v in pages_of.items()}
+
+    for i, day in enumerate(["2026-01-05", "2026-03-10", "2026-06-30", "2026-10-31", "2026-11-19"]):
+        await send(day, range(i * 10, i * 10 + 15), f"/{i % 3}")
+    # January to October is one year prefix; the query reads it and November's prefix.
+    assert {(2, "2026-02-01"), (2, "2026-10-01"), (0, "2026-11-19")} <= built_spans(store)
+    totals, by_page, sql = year_to_date()
+    assert "kind = 2 AND day = {p" in sql
+    assert (totals, by_page) == oracle()
+    # Late data for a closed day: the prefixes of its year are retracted and built again.
+    await send("2026-03-10", range(500, 530), "/late")
+    assert {(2, "2026-03-01"), (2, "2026-10-01")} <= built_spans(store)
+    assert year_to_date()[:2] == oracle()
+
+    async def crash(pairs: list[Any]) -> None:
+        raise RuntimeError("killed")
+
+    # A crash between retracting and building again: quarters and months are read instead,
+    # once the writer has derived them (as for any range reading the coarse levels).
+    monkeypatch.setattr(writer.day_totals, "refinalize", crash)
+    with pytest.raises(RuntimeError):
+        await send("2026-06-30", range(600, 640), "/crash")
+    assert not any(kind == 2 for kind, _ in built_spans(store))
+    await writer.derive_coarse()
+    assert year_to_date()[:2] == oracle()
+    restarted = StoreWriter(store._settings, store, now=lambda: now)
+    await restarted.reload_applied()
+    assert (2, "2026-10-01") in built_spans(store)
+    assert year_to_date()[:2] == oracle()
+
+
 def pageviews_since(store: Store, now: datetime, first: str) -> tuple[int, str]:
     """Pageviews from `first` to today (Berlin) through the planner, and the SQL it ran. By
     week: weekly buckets read the week level, never month spans (which the writer builds as

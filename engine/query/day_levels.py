@@ -9,7 +9,7 @@ from rollup_day. Pure SQL text, no I/O.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from engine.dimensions import TOTAL
 from engine.hits import VITALS
@@ -24,6 +24,8 @@ from engine.query.dates import (
 from engine.query.sql import Params
 from engine.store import spans
 from engine.store.schema import LEVEL_COLUMNS, ROLLUP_LEVELS
+
+SpanKind: TypeAlias = MonthSpan | Literal["year_prefix"]
 
 
 def source(
@@ -41,8 +43,13 @@ def source(
     answer it (no coarser level or span fits). `today` is the site's, `closed` the day before
     which local days are over everywhere (engine/store/day_totals.closed_before)."""
     levels = _COARSE_FOR.get(gran, ())
-    # A span lies in one month: it fits monthly buckets too, but not weeks or days.
-    pieces = month_span_cover(first, end, closed) if gran in (None, "month") else []
+    # A month span lies in one month: it fits monthly buckets too, but not weeks or days; a
+    # year prefix fits no time buckets.
+    pieces: list[tuple[SpanKind | None, date, date]] = []
+    if gran in (None, "month"):
+        pieces += month_span_cover(first, end, closed)
+    if gran is None:
+        pieces = year_prefix_cover(pieces or [(None, first, end)], closed)
     if pieces:
         read, built = _guarded(pieces, today, levels, site, params)
         return _levels_source(read, conds, params), (built,)
@@ -50,6 +57,41 @@ def source(
     if any(level != "day" for level, _, _ in cover):
         return _levels_source([(*span, None) for span in cover], conds, params), ()
     return None
+
+
+def year_prefix_cover(
+    pieces: list[tuple[SpanKind | None, date, date]], closed: date
+) -> list[tuple[SpanKind | None, date, date]]:
+    """`pieces` with year prefixes (engine/store/spans.py) in their stretches of kind None
+    where one replaces two months or more: from the 1st of January to a month that ended
+    before `closed`, latest year first. Empty when no span applies."""
+    out: list[tuple[SpanKind | None, date, date]] = []
+    for kind, first, end in pieces:
+        if kind is not None:
+            out.append((kind, first, end))
+            continue
+        stretch: list[tuple[SpanKind | None, date, date]] = []
+        cursor = end
+        prefix_end = min(end, closed).replace(day=1)
+        while prefix_end > first:
+            year = (prefix_end - timedelta(days=1)).replace(month=1, day=1)
+            if year < first:
+                break
+            # January alone is the month level's row; the year before may still be whole.
+            if _months(year, prefix_end) >= 2:
+                if prefix_end < cursor:
+                    stretch.append((None, prefix_end, cursor))
+                stretch.append(("year_prefix", year, prefix_end))
+                cursor = year
+            prefix_end = year
+        if cursor > first:
+            stretch.append((None, first, cursor))
+        out += reversed(stretch)
+    return out if any(kind is not None for kind, _, _ in out) else []
+
+
+def _months(first: date, end: date) -> int:
+    return (end.year - first.year) * 12 + end.month - first.month
 
 
 def closed_day_cover(
@@ -83,11 +125,11 @@ _ROLLUP_READ: Final[str] = ", ".join(
 
 # A piece of a day-resolution range: a level (or a month span, see engine/store/spans.py)
 # over [first, end), read only when the condition holds (None: always).
-_Piece = tuple[DayLevel | MonthSpan, date, date, str | None]
+_Piece = tuple[DayLevel | SpanKind, date, date, str | None]
 
 
 def _guarded(
-    pieces: list[tuple[MonthSpan | None, date, date]],
+    pieces: list[tuple[SpanKind | None, date, date]],
     today: date,
     levels: tuple[DayLevel, ...],
     site: str,
@@ -110,6 +152,11 @@ def _guarded(
             continue
         is_built = f"has({_SPANS_BUILT}, {_span_key(kind, first, end, params)})"
         out.append((kind, first, end, is_built))
+        if kind == "year_prefix":
+            # Whole months, closed: quarters and months.
+            cover = closed_day_cover(first, end, today, levels)
+            out += [(*span, f"NOT {is_built}") for span in cover]
+            continue
         # By day, not by week: rarely read, and a branch of its own costs even when it reads
         # nothing, while the days share the branch of the range's other days.
         out.append(("day", first, end, f"NOT {is_built}"))
@@ -119,21 +166,24 @@ def _guarded(
 _SPANS_BUILT: Final[str] = "spans_built"
 
 
-def _span_day(kind: MonthSpan, first: date, end: date) -> date:
-    """The day a span's row carries: a prefix's last day, a suffix's first."""
+def _span_day(kind: SpanKind, first: date, end: date) -> date:
+    """The day a span's row carries: a prefix's last day, a suffix's first, a year prefix's
+    last month's first."""
+    if kind == "year_prefix":
+        return (end - timedelta(days=1)).replace(day=1)
     return end - timedelta(days=1) if kind == "prefix" else first
 
 
-def _span_kind(kind: MonthSpan) -> int:
-    return spans.PREFIX if kind == "prefix" else spans.SUFFIX
+def _span_kind(kind: SpanKind) -> int:
+    return {"prefix": spans.PREFIX, "suffix": spans.SUFFIX, "year_prefix": spans.YEAR_PREFIX}[kind]
 
 
-def _span_is(kind: MonthSpan, first: date, end: date, params: Params) -> str:
+def _span_is(kind: SpanKind, first: date, end: date, params: Params) -> str:
     day = params.date(_span_day(kind, first, end))
     return f"kind = {_span_kind(kind)} AND day = {day}"
 
 
-def _span_key(kind: MonthSpan, first: date, end: date, params: Params) -> str:
+def _span_key(kind: SpanKind, first: date, end: date, params: Params) -> str:
     return f"(toUInt8({_span_kind(kind)}), toDate({params.date(_span_day(kind, first, end))}))"
 
 
@@ -147,7 +197,7 @@ def _levels_source(pieces: list[_Piece], conds: list[str], params: Params) -> st
     keys = [
         f"({_span_is(kind, first, end, params)} AND {when})"
         for kind, first, end, when in pieces
-        if kind in ("prefix", "suffix")
+        if kind in ("prefix", "suffix", "year_prefix")
     ]
     if keys:
         branches.append(

@@ -109,12 +109,17 @@ class DayTotals:
     async def load(self) -> None:
         ((rows, newest, version),) = await self.store.query(day_totals.STATE_SQL)
         ((span_rows, span_version),) = await self.store.query(spans.STATE_SQL)
+        ((year_rows,),) = await self.store.query(spans.YEAR_STATE_SQL)
         self.through = newest + timedelta(days=1) if rows else None
         self.version = max(int(version), int(span_version))
         if self.through is not None and not span_rows:
             # A store from before the spans: build them for the days finalized already.
             log.info("building %s for the days before %s", spans.TABLE, self.through)
             await self.store.command(spans.build_sql(self._next_version(), before=self.through))
+        if self.through is not None and not year_rows:
+            # Or from before the year prefixes (none either while no month has closed).
+            version = self._next_version()
+            await self.store.command(spans.year_build_sql(version, before=self.through))
         retracted = [(str(site), day) for site, day in await self.store.query(
             day_totals.RETRACTED_SQL
         )]  # fmt: skip
@@ -128,6 +133,7 @@ class DayTotals:
             return
         version = self._next_version()
         await self.store.command(spans.build_sql(version, since=self.through, before=before))
+        await self.store.command(spans.year_build_sql(version, since=self.through, before=before))
         await self.store.command(
             day_totals.finalize_sql(version, since=self.through, before=before)
         )
@@ -151,8 +157,11 @@ class DayTotals:
         """Finalize retracted days again: their spans first, the days last (see above)."""
         assert self.through is not None
         version = self._next_version()
+        months = spans.months_of(pairs)
+        await self.store.command(spans.build_sql(version, before=self.through, site_months=months))
+        years = spans.years_of(months)
         await self.store.command(
-            spans.build_sql(version, before=self.through, site_months=spans.months_of(pairs))
+            spans.year_build_sql(version, before=self.through, site_years=years)
         )
         sites, days = {s for s, _ in pairs}, {d for _, d in pairs}
         sql = day_totals.finalize_sql(version, sites=sites, days=days)
@@ -446,4 +455,7 @@ def finalize_closed_days(store: Store, now: datetime) -> None:
         site_months.setdefault(month, set()).add((str(site), month))
     for month in sorted(site_months):
         store.command_sync(spans.build_sql(1, before=before, site_months=site_months[month]))
+        # The year prefix of the month (if it is over), from its year's days.
+        month_end = min(before, (month + timedelta(days=31)).replace(day=1))
+        store.command_sync(spans.year_build_sql(1, since=month, before=month_end))
     store.command_sync(day_totals.finalize_sql(1, before=before))
