@@ -190,7 +190,7 @@ def _finalized(
 ) -> None:
     if build.get("finalized"):
         return
-    log("finalizing the closed days (day totals, month spans) ...")
+    log("finalizing the closed days (day totals, month spans, year prefixes) ...")
     build.update(_child("finalize", {"data_dir": str(data_dir), "days": days}))
     build["finalized"] = True
     (data_dir / "build.json").write_text(json.dumps(build))

@@ -536,6 +536,15 @@ async def test_year_prefixes_stay_equal_to_their_days_through_late_data_and_a_cr
     await restarted.reload_applied()
     assert (2, "2026-10-01") in built_spans(store)
     assert year_to_date()[:2] == oracle()
+    # A store from before the year prefixes gets them at start.
+    store.command_sync("ALTER TABLE rollup_span DELETE WHERE kind = 2 SETTINGS mutations_sync = 2")
+    assert not any(kind == 2 for kind, _ in built_spans(store))
+    upgraded = StoreWriter(store._settings, store, now=lambda: now)
+    await upgraded.reload_applied()
+    assert {(2, "2026-03-01"), (2, "2026-10-01")} <= built_spans(store)
+    totals, by_page, sql = year_to_date()
+    assert "kind = 2 AND day = {p" in sql
+    assert (totals, by_page) == oracle()
 
 
 def pageviews_since(store: Store, now: datetime, first: str) -> tuple[int, str]:

@@ -12,8 +12,9 @@ So any range crossing a month boundary is the first month's suffix, whole months
 month's prefix (plus the days not closed yet): two or three sketches per value.
 
 - year prefix (kind 2, `day` the first of a month m): the months from January of m's year to
-  m, once m is closed. A range over the last 12 months read whole quarters and months between
-  its spans (seven sketches per value, its rankings 3.2x a 30-day one's); with these, four.
+  m, once m is closed. Without them the last 12 months read seven sketches a value (a suffix,
+  a month, three quarters, a month, a prefix), and a dashboard's six queries took 3.15x their
+  30-day time; with them four sketches, 1.75x (loadtest/query_bench.py, growth_days).
 
 The rule that keeps it exact, as for day_totals (engine/store/day_totals.py), whose closing
 rule, retraction and recovery this table follows: a row that is not deleted equals the merge of
@@ -143,6 +144,8 @@ def years_of(site_months: set[tuple[str, date]]) -> set[tuple[str, date]]:
     return {(site, month.replace(month=1, day=1)) for site, month in site_months}
 
 
+# The months that hold data, to build a store's year prefixes a month at a time.
+MONTHS_SQL: Final[str] = "SELECT DISTINCT toStartOfMonth(day) AS m FROM rollup_day ORDER BY m"
 # Year prefixes held: none in a store from before them.
 YEAR_STATE_SQL: Final[str] = f"SELECT count() FROM {TABLE} WHERE kind = {YEAR_PREFIX}"
 # Rows and the newest version (versions continue day_totals' sequence).
