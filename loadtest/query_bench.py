@@ -174,8 +174,8 @@ def _build_into(ds: DataSet, data_dir: Path, verify: bool) -> dict[str, Any]:
 
 
 def stage_finalize(data_dir: Path, days: int) -> dict[str, Any]:
-    """The closed days' totals and month spans of a built store, from scratch (what the writer
-    keeps up to date as days close)."""
+    """The closed days' totals, month spans and year prefixes of a built store, from scratch
+    (what the writer keeps up to date as days close)."""
     from engine.store import writer
 
     store = _open_store(data_dir, retention_days=max(90, days + 30))

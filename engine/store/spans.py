@@ -28,7 +28,8 @@ SQL text only, no I/O: the writer runs it (engine/store/writer.py).
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Iterable
+from datetime import date, timedelta
 from typing import Final
 
 from engine.hits import VITALS
@@ -118,6 +119,20 @@ def year_build_sql(
         GROUP BY site, span_month, dim, value
         {ONE_PART_SELECT}
     """
+
+
+def year_build_by_month_sql(version: int, months: Iterable[date], before: date) -> list[str]:
+    """The year prefixes of these months (firsts of month) that ended before `before`, one
+    statement a month: one for a whole store would hold every prefix's sketches at once."""
+    return [
+        year_build_sql(version, since=month, before=_next_month(month))
+        for month in sorted(months)
+        if _next_month(month) <= before
+    ]
+
+
+def _next_month(month: date) -> date:
+    return (month.replace(day=1) + timedelta(days=31)).replace(day=1)
 
 
 def retract_sql(site_months: set[tuple[str, date]], version: int) -> str:

@@ -117,12 +117,11 @@ class DayTotals:
             log.info("building %s for the days before %s", spans.TABLE, self.through)
             await self.store.command(spans.build_sql(self._next_version(), before=self.through))
         if self.through is not None and not year_rows:
-            # Or from before the year prefixes (none either while no month has closed): a month
-            # at a time, as one statement would hold every prefix's sketches at once.
+            # Or from before the year prefixes (none either while no month has closed).
+            months = [month for (month,) in await self.store.query(spans.MONTHS_SQL)]
             version = self._next_version()
-            for (month,) in await self.store.query(spans.MONTHS_SQL):
-                end = min(self.through, _next_month(month))
-                await self.store.command(spans.year_build_sql(version, since=month, before=end))
+            for sql in spans.year_build_by_month_sql(version, months, self.through):
+                await self.store.command(sql)
         retracted = [(str(site), day) for site, day in await self.store.query(
             day_totals.RETRACTED_SQL
         )]  # fmt: skip
@@ -458,11 +457,6 @@ def finalize_closed_days(store: Store, now: datetime) -> None:
         site_months.setdefault(month, set()).add((str(site), month))
     for month in sorted(site_months):
         store.command_sync(spans.build_sql(1, before=before, site_months=site_months[month]))
-        # The year prefix of the month (if it is over), from its year's days.
-        month_end = min(before, _next_month(month))
-        store.command_sync(spans.year_build_sql(1, since=month, before=month_end))
+    for sql in spans.year_build_by_month_sql(1, site_months, before):
+        store.command_sync(sql)
     store.command_sync(day_totals.finalize_sql(1, before=before))
-
-
-def _next_month(month: date) -> date:
-    return (month.replace(day=1) + timedelta(days=31)).replace(day=1)
